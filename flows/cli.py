@@ -1,0 +1,229 @@
+"""`fedsilo`: run a federated training job, check data contracts, show the last job, build the
+example federation's data.
+
+Exit codes: 0 success; 1 a user-facing error (one line on stderr, no traceback); 2 bad usage.
+Heavy libraries (Prefect, MLflow, Great Expectations, torch) are imported inside the commands that
+need them, so `fedsilo --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fl_core.errors import FedsiloError
+
+app = typer.Typer(
+    name="fedsilo",
+    help="Federated learning across silos whose data never leaves them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigArg = Annotated[Path, typer.Argument(help="federation config (YAML)", show_default=False)]
+
+
+def user_errors(command):
+    """Turn a `FedsiloError` into one line on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FedsiloError as exc:
+            err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _state():
+    from infra.state import ensure_state_dir, resolve_state_dir
+
+    return ensure_state_dir(resolve_state_dir())
+
+
+def _check_data_present(config) -> None:
+    missing = [s for s in config.silo_ids if not config.silo_data_path(s).exists()]
+    if len(missing) == len(config.silo_ids):
+        hint = f"; run `fedsilo demo-data {config.source}` first" if config.federation == "heart" else ""
+        raise FedsiloError(f"no silo has its data file (e.g. {config.silo_data_path(missing[0])}){hint}")
+    for silo in missing:
+        err.print(f"[yellow]warning:[/] silo {silo}: data file {config.silo_data_path(silo)} does not exist; it will sit out")
+
+
+@app.command()
+@user_errors
+def run(
+    config: ConfigArg,
+    rounds: Annotated[int | None, typer.Option(help="rounds in this job (default: training.rounds)", min=1)] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train across the federation's silos: one Prefect flow per round, tracked in MLflow, gated."""
+    from infra.config import load_config
+    from infra.embedded import EphemeralApi, configure_embedded, embedded_prefect
+    from infra.progress import reporting_to
+    from infra.tracking import preflight, tracker_for
+
+    federation = load_config(config)
+    _check_data_present(federation)
+    state = _state()
+    tracker = tracker_for(federation, state)
+    preflight(tracker.uri)
+    configure_embedded(state)
+    api = EphemeralApi().start()
+    out.print(f"[dim]state folder {state.root} · tracking {tracker.uri}[/]")
+
+    from flows.console import ConsoleReporter
+    from flows.training import training_flow
+
+    api.wait()
+    with ConsoleReporter(out, metric=federation.gate.metric, show_progress=progress) as display:
+        with reporting_to(display), embedded_prefect():
+            result = training_flow(config_path=str(config.resolve()), rounds=rounds)
+    _where_to_look(federation, state, tracker, result)
+
+
+def _where_to_look(federation, state, tracker, result) -> None:
+    records = result["rounds"]
+    last = records[-1]
+    promoted = [r for r in records if r["promoted"]]
+    out.print()
+    if promoted:
+        best = promoted[-1]
+        out.print(
+            f"[bold green]champion[/]: {federation.federation} v{best['version']} (round {best['round']}), "
+            f"global accuracy {best['pooled']['accuracy']:.3f}"
+        )
+    elif last.get("champion_version"):
+        out.print(f"[bold]champion[/]: {federation.federation} v{last['champion_version']} (from an earlier job); "
+                  "no round of this job passed the gate")
+    else:
+        out.print("[bold yellow]no champion[/]: no round passed the fairness gate; the newest version is 'candidate'")
+    uri = tracker.uri
+    out.print(f"registered model: [bold]models:/{federation.federation}@champion[/] "
+              f"(newest: models:/{federation.federation}@candidate = v{last['version']})")
+    out.print("where to look:")
+    out.print(f"  MLflow UI   mlflow ui --backend-store-uri {uri} --port 5000   → http://127.0.0.1:5000", soft_wrap=True)
+    out.print(f"  Prefect UI  PREFECT_HOME={state.prefect_home} prefect server start   → http://127.0.0.1:4200", soft_wrap=True)
+    out.print(f"  score       MLFLOW_TRACKING_URI={uri} python -c \"import mlflow, pandas as pd; "
+              f"m = mlflow.pyfunc.load_model('models:/{federation.federation}@champion'); "
+              f"print(m.predict(pd.read_parquet('{federation.silo_data_path(federation.silo_ids[0])}')))\"", soft_wrap=True)
+    out.print(f"  status      fedsilo status {federation.source}", soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def validate(config: ConfigArg) -> None:
+    """Check every silo's data against the federation's contract (no training, nothing logged)."""
+    from infra.config import load_config
+    from infra.silo_data import read_table
+    from validation import validate_table
+    from validation.summary import ValidationSummary
+
+    federation = load_config(config)
+    table = Table(title=f"data contract · {federation.federation}")
+    for column in ("silo", "rows", "train", "holdout", "contract", "problems"):
+        table.add_column(column, justify="right" if column in ("rows", "train", "holdout") else "left")
+    failed = 0
+    for silo in federation.silo_ids:
+        try:
+            summary = validate_table(read_table(federation.silo_data_path(silo), silo), federation.contract, silo)
+        except FedsiloError as exc:
+            summary = ValidationSummary(silo=silo, passed=False, contract_hash=federation.contract.contract_hash(),
+                                        schema_hash=None, n_rows=0, n_train=0, n_holdout=0, problems=(str(exc),))
+        failed += not summary.passed
+        table.add_row(
+            silo, str(summary.n_rows), str(summary.n_train), str(summary.n_holdout),
+            "[green]passed[/]" if summary.passed else "[red]failed[/]", "\n".join(summary.reasons()) or "",
+        )
+    out.print(table)
+    if failed:
+        raise FedsiloError(f"{failed} of {len(federation.silo_ids)} silos fail the contract")
+
+
+@app.command()
+@user_errors
+def status(config: ConfigArg) -> None:
+    """The last training job: its rounds, metrics, gate decisions and the champion."""
+    from infra.config import load_config
+    from infra.embedded import configure_embedded
+    from infra.tracking import CHAMPION, TAG, tracker_for
+
+    federation = load_config(config)
+    state = _state()
+    configure_embedded(state)
+    tracker = tracker_for(federation, state).open()
+    job = tracker.latest_job()
+    if job is None:
+        out.print(f"no training job of federation {federation.federation} in {tracker.uri} yet")
+        return
+    rounds = tracker.round_runs(job.info.run_id)
+    table = Table(title=f"{federation.federation} · job {job.info.run_name} · {job.info.status.lower()}")
+    table.add_column("round", justify="right")
+    table.add_column("version", justify="right")
+    for silo in federation.silo_ids:
+        table.add_column(silo, justify="right")
+    table.add_column("global", justify="right")
+    table.add_column("gate")
+    from flows.console import fmt
+
+    metric = federation.gate.metric
+    for run in rounds:
+        m = run.data.metrics
+        gate = run.data.tags.get(f"{TAG}gate", "?")
+        table.add_row(
+            run.data.tags.get(f"{TAG}round", "?"),
+            run.data.tags.get(f"{TAG}version", "—"),
+            *(fmt(m.get(f"silo.{s}.{metric}")) for s in federation.silo_ids),
+            fmt(m.get(f"global.{metric}", m.get("global.accuracy"))),
+            "[green]passed[/]" if gate == "passed" else f"[yellow]{gate}[/]",
+        )
+    out.print(table)
+    failure = job.data.tags.get(f"{TAG}failure")
+    if failure:
+        out.print(f"[red]job failed:[/] {failure}")
+    champion = tracker.version_by_alias(CHAMPION)
+    if champion:
+        out.print(f"champion: models:/{federation.federation}@champion = v{champion.version} (round {champion.round})")
+    else:
+        out.print("champion: none yet")
+
+
+@app.command("demo-data")
+@user_errors
+def demo_data(
+    config: Annotated[Path, typer.Argument(help="the example federation's config")] = Path("examples/heart/federation.yaml"),
+) -> None:
+    """Split the UCI Heart Disease data into one Parquet file per hospital (train/holdout split)."""
+    from infra.config import load_config
+    from infra.demo_data import write_heart_silos
+
+    federation = load_config(config)
+    table = Table(title=f"example federation · {federation.federation}")
+    for column in ("silo", "rows", "train", "holdout", "positive", "file"):
+        table.add_column(column, justify="left" if column in ("silo", "file") else "right")
+    for report in write_heart_silos(federation):
+        table.add_row(report.silo, str(report.rows), str(report.train), str(report.holdout),
+                      f"{report.positive_fraction:.0%}", str(report.path))
+    out.print(table)
+
+
+def main() -> None:
+    app(prog_name="fedsilo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""What `fedsilo run` shows: a progress bar over every silo-phase of the job, one table row per
+round (per-silo accuracy, global accuracy, gate decision) and the gate's failed checks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from infra.progress import Reporter
+
+
+def fmt(value: float | None, width: int = 0) -> str:
+    text = "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return text.rjust(width) if width else text
+
+
+class ConsoleReporter(Reporter):
+    def __init__(self, console: Console, metric: str = "accuracy", show_progress: bool = True):
+        self.console = console
+        self.metric = metric
+        self.show_progress = show_progress
+        self.progress: Progress | None = None
+        self.task_id = None
+        self.silos: list[str] = []
+        self.widths: list[int] = []
+        self.first_round = self.last_round = 0
+        self.records: list[dict[str, Any]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def __enter__(self) -> ConsoleReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def _print(self, text: str = "", **kwargs) -> None:
+        (self.progress.console if self.progress else self.console).print(text, **kwargs)
+
+    # -- events -------------------------------------------------------------------------------------
+    def job_started(self, federation: str, first_round: int, last_round: int, silos: list[str]) -> None:
+        self.silos = list(silos)
+        self.first_round, self.last_round = first_round, last_round
+        self.widths = [max(len(s), 6) for s in silos]
+        header = "round  " + "  ".join(s.rjust(w) for s, w in zip(silos, self.widths)) + "  global  gate"
+        self.console.print(
+            f"[bold]{federation}[/]: rounds {first_round}–{last_round} across {len(silos)} silos "
+            f"(holdout {self.metric} per silo)"
+        )
+        self.console.print(f"[bold]{header}[/]", highlight=False)
+        if self.show_progress and self.console.is_terminal:
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=True,
+            )
+            self.progress.start()
+            total = (last_round - first_round + 1) * 2 * len(silos)
+            self.task_id = self.progress.add_task("starting", total=total)
+
+    def phase_started(self, round_number: int, phase: str, silos: list[str]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, description=f"round {round_number}/{self.last_round} · {phase}")
+
+    def silo_done(self, round_number: int, phase: str, silo: str, ok: bool, detail: str) -> None:
+        if self.progress is not None:
+            self.progress.update(
+                self.task_id, advance=1, description=f"round {round_number}/{self.last_round} · {phase} · {silo}"
+            )
+        if not ok and phase == "train":
+            self._print(f"  [yellow]{silo} sits out round {round_number}:[/] {detail}", highlight=False)
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        metrics = record.get("metrics", {})
+        cells = []
+        for silo, width in zip(self.silos, self.widths):
+            value = metrics.get(silo, {}).get(self.metric)
+            cells.append(fmt(value, width) if silo in metrics else "out".rjust(width))
+        gate = record["gate"]
+        decision = f"[green]champion v{record['version']}[/]" if gate["passed"] else f"[yellow]candidate v{record['version']}[/]"
+        pooled = record["pooled"].get(self.metric, record["pooled"].get("accuracy"))
+        self._print(f"{record['round']:>5}  " + "  ".join(cells) + f"  {fmt(pooled, 6)}  {decision}", highlight=False)
+        if not gate["passed"]:
+            for check in gate["checks"]:
+                if not check["passed"]:
+                    self._print(f"         [dim]gate: {check['detail']}[/]", highlight=False)
+        if gate.get("undefined"):
+            self._print(
+                f"         [dim]{gate['metric']} undefined on the holdout of: {', '.join(gate['undefined'])}[/]",
+                highlight=False,
+            )
+
+    def note(self, text: str) -> None:
+        self._print(f"[dim]{text}[/]", highlight=False)

@@ -1,0 +1,61 @@
+"""The silo flow: what one silo does in one phase of one round, on its own side.
+
+Phase ``train``: load and validate its data -> train from the global model -> evaluate the local
+model -> hand back its update. Phase ``evaluate``: load and validate -> score the candidate (and
+the champion) on its holdout. A silo whose data fails the contract sits the phase out and says why,
+row-free. The flow accepts plain parameters only and returns a small JSON manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
+
+from fl_core.errors import ConfigError
+from infra.config import FederationConfig, load_config
+from infra.state import resolve_state_dir
+from tasks.silo import evaluate_models, load_and_validate, train_and_upload
+
+Phase = Literal["train", "evaluate"]
+
+
+def silo_run_name() -> str:
+    p = flow_run.parameters
+    suffix = "" if p["phase"] == "train" else f"/{p['phase']}"
+    return f"{p['federation']}/r{p['round_number']:03d}/{p['silo_id']}{suffix}"
+
+
+def silo_config(config_path: str, federation: str, silo_id: str) -> FederationConfig:
+    """The silo's own config; the request must name this federation and a silo in it."""
+    config = load_config(config_path)
+    if config.federation != federation:
+        raise ConfigError(f"request for federation {federation!r}, this silo belongs to {config.federation!r}")
+    config.silo(silo_id)
+    return config
+
+
+@flow(name="silo", flow_run_name=silo_run_name, persist_result=False, result_serializer="json", log_prints=False)
+def silo_flow(
+    federation: str,
+    silo_id: str,
+    round_number: int,
+    phase: Phase,
+    models: dict[str, dict],
+    config_path: str,
+) -> dict:
+    config = silo_config(config_path, federation, silo_id)
+    state = resolve_state_dir()
+    manifest = {"federation": federation, "round": round_number, "phase": phase, "silo": silo_id}
+    # quote(): Prefect need not walk these objects to find upstream futures (there are none).
+    data, summary = load_and_validate(quote(config), silo_id, state)
+    manifest["validation"] = summary.to_dict()
+    if data is None:
+        return {**manifest, "status": "sat_out", "reason": summary.one_line()}
+    if phase == "train":
+        result = train_and_upload(quote(config), silo_id, round_number, models["global"], quote(data), state)
+    else:
+        result = evaluate_models(quote(config), silo_id, round_number, models, quote(data), state)
+    return {**manifest, "status": "ok", **result}

@@ -1,0 +1,1 @@
+"""Adapters to the outside: config files, the state folder, Prefect, the exchange, MLflow."""

@@ -1,0 +1,110 @@
+"""Process settings for embedded runs, applied once at the entry point.
+
+Prefect: an ephemeral API whose SQLite database lives in the state folder, tuned so that
+orchestration does not dominate a round. MLflow and Great Expectations: no telemetry (the
+machine may have no internet, and telemetry writes an id under the user's home), quiet logs.
+
+Measured on 2 cores (README, "Round overhead"): with the server's task-run recorder and event
+persister on, each silo subflow waits ~2 s on SQLite lock back-offs; with them off a subflow costs
+~150-200 ms. The price is that embedded runs keep flow runs and their logs but not task runs or
+the event feed. Sync flows also join a heartbeat thread for ~1 s at exit unless heartbeats are off,
+which Prefect only accepts in code (`embedded_prefect`).
+
+`configure_embedded` must run before `prefect` is imported: Prefect reads these settings
+from the environment once. A `PREFECT_API_URL` already in the environment is respected (the runs
+then go to that server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, MutableMapping
+
+from fl_core.errors import StateError
+from infra.state import StateDir
+
+QUIET_CONSOLE = {
+    # INFO logs still reach the API (and the Prefect UI); the console shows warnings and errors only.
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",
+}
+
+
+def embedded_environment(state: StateDir) -> dict[str, str]:
+    return {
+        "PREFECT_HOME": str(state.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
+        # Vectors and secrets never go through Prefect results; silo flows return JSON manifests.
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+    }
+
+
+LIBRARIES = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+QUIET_LIBRARIES = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
+
+
+def configure_embedded(state: StateDir, env: MutableMapping[str, str] | None = None, quiet: bool = True) -> None:
+    env = os.environ if env is None else env
+    state.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect does not create nested homes itself
+    env.update(embedded_environment(state))
+    env.update(LIBRARIES)
+    if quiet:
+        for key, value in {**QUIET_CONSOLE, **QUIET_LIBRARIES}.items():
+            env.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def embedded_prefect() -> Iterator[None]:
+    """Heartbeats off for the flows run inside (the setting refuses its env var)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+class EphemeralApi:
+    """Start Prefect's ephemeral API server in a background thread, so that its start-up (5-9 s,
+    ~15 s on a new state folder: a subprocess that imports the server and migrates SQLite)
+    overlaps the caller's own imports. Prefect keeps one such server per process, so the first
+    flow finds it running. Does nothing when ``PREFECT_API_URL`` names a server."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> EphemeralApi:
+        if os.environ.get("PREFECT_API_URL"):
+            return self
+
+        def run() -> None:
+            try:
+                from prefect.server.api.server import SubprocessASGIServer
+
+                SubprocessASGIServer().start()
+            except BaseException as exc:  # reported by wait(); the flow would retry and fail loudly
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="prefect-ephemeral-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise StateError(f"the embedded Prefect API did not start: {self._error}") from None

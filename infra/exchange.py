@@ -1,0 +1,220 @@
+"""The exchange: where the coordinator and the silos leave artifacts for each other.
+
+Layout (see DESIGN.md, "Exchange layout"):
+
+    federations/<federation>/rounds/<r>/global.arrow          global model after round r (r = 0: initial)
+    federations/<federation>/rounds/<r>/train/<silo>.arrow    a silo's update in round r
+    federations/<federation>/rounds/<r>/evaluate/<silo>.json  a silo's evaluation report
+    federations/<federation>/rounds/<r>/round.json            the round record, written last (commit)
+
+Vectors travel as Arrow IPC files with their binding (federation, round, silo, phase) in the
+schema metadata. Every object is addressed by an `ObjectRef` (key, sha256, size): whoever reads it
+checks the digest first, so a changed object is an `IntegrityError`, never silently used.
+Objects are written once; only an uncommitted round (a crashed attempt) is cleared and redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from fl_core.errors import ConfigError, ExchangeError, IntegrityError
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def describe(self) -> str: ...
+
+
+def _check_key(key: str) -> PurePosixPath:
+    path = PurePosixPath(key)
+    if not key or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
+        raise ExchangeError(f"invalid object key {key!r}")
+    return path
+
+
+class LocalObjectStore:
+    """A folder. Writes are atomic (temp file + rename) and refuse to overwrite."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*_check_key(key).parts)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if path.exists():
+            raise ExchangeError(f"{key}: already in the exchange; objects are written once")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ExchangeError(f"{key}: cannot write to the exchange at {self.root} ({exc.strerror or exc})") from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ExchangeError(f"{key}: not in the exchange at {self.root}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
+        )
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+def open_store(location: str) -> ObjectStore:
+    if "://" in location and not location.startswith("file://"):
+        scheme = location.split("://", 1)[0]
+        raise ConfigError(f"storage.exchange = {location!r}: the {scheme}:// exchange is not available in this version")
+    return LocalObjectStore(Path(location.removeprefix("file://")).expanduser())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectRef:
+    key: str
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ObjectRef:
+        try:
+            return cls(key=str(raw["key"]), sha256=str(raw["sha256"]), size=int(raw["size"]))
+        except (KeyError, TypeError, ValueError):
+            raise ExchangeError(f"malformed object reference: {sorted(raw) if isinstance(raw, dict) else raw!r}") from None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Exchange:
+    """The federation's view of an object store, with the layout above."""
+
+    def __init__(self, store: ObjectStore, federation: str):
+        self.store = store
+        self.federation = federation
+        self.prefix = f"federations/{federation}"
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def round_prefix(self, round_number: int) -> str:
+        return f"{self.prefix}/rounds/{round_number}"
+
+    def global_key(self, round_number: int) -> str:
+        return f"{self.round_prefix(round_number)}/global.arrow"
+
+    def update_key(self, round_number: int, silo: str) -> str:
+        return f"{self.round_prefix(round_number)}/train/{silo}.arrow"
+
+    def evaluation_key(self, round_number: int, silo: str) -> str:
+        return f"{self.round_prefix(round_number)}/evaluate/{silo}.json"
+
+    def record_key(self, round_number: int) -> str:
+        return f"{self.round_prefix(round_number)}/round.json"
+
+    # -- objects ------------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> ObjectRef:
+        self.store.put(key, data)
+        return ObjectRef(key=key, sha256=_digest(data), size=len(data))
+
+    def get_bytes(self, ref: ObjectRef) -> bytes:
+        data = self.store.get(ref.key)
+        if len(data) != ref.size or _digest(data) != ref.sha256:
+            raise IntegrityError(f"{ref.key}: content does not match its published digest") from None
+        return data
+
+    def put_vector(self, key: str, vector: np.ndarray, binding: dict[str, str | int]) -> ObjectRef:
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        if vector.ndim != 1:
+            raise ExchangeError(f"{key}: vectors must be 1-D, got shape {vector.shape}")
+        table = pa.table({"values": pa.array(vector)})
+        table = table.replace_schema_metadata({k: str(v) for k, v in binding.items()})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return self.put_bytes(key, sink.getvalue().to_pybytes())
+
+    def get_vector(self, ref: ObjectRef, expect: dict[str, str | int] | None = None) -> np.ndarray:
+        data = self.get_bytes(ref)
+        try:
+            table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+            vector = table.column("values").to_numpy().astype(np.float32, copy=True)  # writable, owned
+        except (pa.ArrowInvalid, KeyError):
+            raise IntegrityError(f"{ref.key}: not a vector file") from None
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        for name, value in (expect or {}).items():
+            if meta.get(name) != str(value):
+                raise IntegrityError(f"{ref.key}: bound to {name}={meta.get(name)!r}, expected {value!r}") from None
+        return vector
+
+    def put_json(self, key: str, payload: dict) -> ObjectRef:
+        return self.put_bytes(key, json.dumps(payload, sort_keys=True, allow_nan=True).encode())
+
+    def get_json(self, ref: ObjectRef) -> dict:
+        try:
+            return json.loads(self.get_bytes(ref))
+        except json.JSONDecodeError:
+            raise IntegrityError(f"{ref.key}: not a JSON document") from None
+
+    def read_json_key(self, key: str) -> dict:
+        """Read a JSON object by key alone (for records the reader did not get a digest for)."""
+        try:
+            return json.loads(self.store.get(key))
+        except json.JSONDecodeError:
+            raise IntegrityError(f"{key}: not a JSON document") from None
+
+    # -- rounds -------------------------------------------------------------------------------------
+    def committed_rounds(self) -> list[int]:
+        rounds = []
+        for key in self.store.list(f"{self.prefix}/rounds"):
+            parts = key.split("/")
+            if parts[-1] == "round.json" and parts[-2].isdigit():
+                rounds.append(int(parts[-2]))
+        return sorted(rounds)
+
+    def clear_uncommitted(self, round_number: int) -> bool:
+        """Remove what a crashed attempt at `round_number` left behind; False if there was nothing."""
+        if self.store.exists(self.record_key(round_number)):
+            raise ExchangeError(f"round {round_number} is committed; it cannot be redone")
+        if not self.store.list(self.round_prefix(round_number)):
+            return False
+        self.store.delete_prefix(self.round_prefix(round_number))
+        return True
+
+
+def exchange_for(config, state) -> Exchange:
+    """The federation's exchange: ``storage.exchange`` if set, else the state folder's."""
+    location = config.storage.exchange or str(state.exchange)
+    return Exchange(open_store(location), config.federation)

@@ -1,0 +1,58 @@
+"""A silo's table on its own disk: reading it, and remembering validation verdicts by digest.
+
+The validation cache lives in the silo's state folder and is keyed by the sha256 of the data file
+and the contract hash, so a changed file or a changed contract is always validated again. The
+digest stays on the silo's side: it is never logged or sent to the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fl_core.errors import DataError
+from validation.summary import ValidationSummary
+
+
+def read_table(path: Path, silo: str) -> pa.Table:
+    if not path.exists():
+        raise DataError(f"silo {silo}: data file {path} does not exist")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"silo {silo}: data file {path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ValidationCache:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, data_digest: str, contract_hash: str) -> Path:
+        return self.folder / f"{data_digest[:32]}-{contract_hash[:16]}.json"
+
+    def get(self, data_digest: str, contract_hash: str) -> ValidationSummary | None:
+        path = self._path(data_digest, contract_hash)
+        try:
+            return ValidationSummary.from_dict(json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError, KeyError):
+            return None
+
+    def put(self, data_digest: str, contract_hash: str, summary: ValidationSummary) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(data_digest, contract_hash)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(summary.to_json())
+        os.replace(tmp, path)

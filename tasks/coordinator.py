@@ -1,0 +1,425 @@
+"""Tasks that run on the coordinator: plan a round, aggregate, assess, record.
+
+The coordinator reads silos' artifacts only through the exchange, by reference and digest; what a
+silo returns through Prefect is a JSON manifest, never an object to unpickle.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from fl_core.errors import ExchangeError, IntegrityError, StateError
+from fl_core.evaluation import Metrics, pooled
+from fl_core.gate import GateDecision, decide
+from fl_core.models import build_model
+from fl_core.params import count, flatten
+from fl_core.preprocess import FeatureEncoder
+from fl_core.quorum import require_quorum
+from fl_core.seeding import derive_seed
+from infra.config import FederationConfig
+from infra.dispatch import SiloOutcome
+from infra.exchange import ObjectRef, exchange_for
+from infra.progress import reporter
+from infra.provenance import code_version
+from infra.state import StateDir
+from infra.tracking import CANDIDATE, CHAMPION, TAG, tracker_for
+from tasks.common import binding, model_card
+from validation.summary import ValidationSummary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStart:
+    job_run_id: str
+    first_round: int
+    last_round: int
+    n_parameters: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPlan:
+    round_number: int
+    global_ref: ObjectRef
+    parent_version: str | None
+    champion_version: str | None
+    champion_round: int | None
+    champion_ref: ObjectRef | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Participation:
+    """Which silos answered a phase, which sat out and why, and their row-free summaries."""
+
+    manifests: dict[str, dict]
+    out: dict[str, str]
+    validations: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def silos_in(self) -> list[str]:
+        return sorted(self.manifests)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Aggregate:
+    global_ref: ObjectRef
+    training: Participation
+    aggregate_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assessment:
+    candidate: dict[str, Metrics]
+    champion: dict[str, Metrics]
+    evaluation: Participation
+    pooled: dict[str, float]
+    gate: GateDecision
+    compute_s: float
+
+
+def _flatten_config(raw: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten_config(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+def _initial_model(config: FederationConfig):
+    encoder = FeatureEncoder(config.contract.features)
+    return build_model(config.model, encoder.n_outputs, seed=derive_seed(config.seed, "init"))
+
+
+@task(name="start-job", cache_policy=NONE, persist_result=False)
+def start_job(config: FederationConfig, state: StateDir, rounds: int | None) -> JobStart:
+    """Open tracking, make sure round 0 (the initial model) exists, start the job's MLflow run."""
+    tracker = tracker_for(config, state).open()
+    exchange = exchange_for(config, state)
+    model = _initial_model(config)
+    n_parameters = count(model)
+    committed = exchange.committed_rounds()
+    if not committed:
+        exchange.clear_uncommitted(0)
+        ref = exchange.put_vector(exchange.global_key(0), flatten(model), binding(config.federation, 0, "global"))
+        exchange.put_json(
+            exchange.record_key(0),
+            {"federation": config.federation, "round": 0, "kind": "initial", "global": ref.to_dict(),
+             "config_hash": config.config_hash()},
+        )
+        last = 0
+    else:
+        last = committed[-1]
+        record = exchange.read_json_key(exchange.record_key(last))
+        vector = exchange.get_vector(ObjectRef.from_dict(record["global"]))
+        if vector.shape[0] != n_parameters:
+            raise StateError(
+                f"federation {config.federation}: the global model of round {last} has {vector.shape[0]} parameters, "
+                f"this config's model has {n_parameters}; use a new state folder (FEDSILO_HOME) for a different model"
+            )
+    first = last + 1
+    total = rounds if rounds is not None else config.training.rounds
+    if total < 1:
+        raise StateError(f"rounds must be >= 1, got {total}")
+    tracker.ensure_registered_model(
+        f"Federated model of federation '{config.federation}': one version per round, "
+        f"'{CHAMPION}' = newest version that passed the fairness gate."
+    )
+    params = _flatten_config(config.model_dump(mode="json", exclude={"contract", "silos"}))
+    params["silos"] = ",".join(config.silo_ids)
+    params["contract.hash"] = config.contract.contract_hash()
+    job_run_id = tracker.start_job(
+        name=f"{config.federation}/r{first:03d}-r{first + total - 1:03d}",
+        params=params,
+        tags={
+            f"{TAG}federation": config.federation,
+            f"{TAG}config_hash": config.config_hash(),
+            f"{TAG}code_version": code_version(),
+            f"{TAG}first_round": str(first),
+            f"{TAG}planned_rounds": str(total),
+        },
+    )
+    tracker.log_json(job_run_id, "federation.json", config.model_dump(mode="json"))
+    return JobStart(job_run_id=job_run_id, first_round=first, last_round=first + total - 1, n_parameters=n_parameters)
+
+
+@task(name="plan-round", cache_policy=NONE, persist_result=False)
+def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> RoundPlan:
+    exchange = exchange_for(config, state)
+    tracker = tracker_for(config, state).open()
+    if exchange.clear_uncommitted(round_number):
+        reporter().note(f"round {round_number}: cleared what an interrupted attempt left in the exchange")
+    previous = exchange.read_json_key(exchange.record_key(round_number - 1))
+    champion = tracker.version_by_alias(CHAMPION)
+    champion_ref = None
+    if champion is not None and champion.round >= 0:
+        try:
+            champion_ref = ObjectRef.from_dict(exchange.read_json_key(exchange.record_key(champion.round))["global"])
+        except ExchangeError:
+            reporter().note(f"champion v{champion.version} (round {champion.round}) is not in this exchange; "
+                            "the gate skips the regression check")
+    return RoundPlan(
+        round_number=round_number,
+        global_ref=ObjectRef.from_dict(previous["global"]),
+        parent_version=previous.get("version"),
+        champion_version=champion.version if champion else None,
+        champion_round=champion.round if champion else None,
+        champion_ref=champion_ref,
+    )
+
+
+def sort_outcomes(outcomes: list[SiloOutcome], federation: str, round_number: int, phase: str) -> Participation:
+    """Split a phase's outcomes into silos that delivered and silos that sat out (with reasons)."""
+    manifests, out, validations = {}, {}, {}
+    for outcome in outcomes:
+        manifest = outcome.manifest
+        if manifest is None:
+            out[outcome.silo_id] = outcome.error or "no answer"
+            continue
+        if (manifest.get("federation"), manifest.get("round"), manifest.get("phase"), manifest.get("silo")) != (
+            federation, round_number, phase, outcome.silo_id,
+        ):
+            out[outcome.silo_id] = "manifest bound to another federation, round, phase or silo"
+            continue
+        if manifest.get("validation") is not None:
+            validations[outcome.silo_id] = manifest["validation"]
+        if manifest.get("status") != "ok":
+            out[outcome.silo_id] = manifest.get("reason") or "sat out"
+            continue
+        manifests[outcome.silo_id] = manifest
+    return Participation(manifests=manifests, out=out, validations=validations)
+
+
+@task(name="log-validations", cache_policy=NONE, persist_result=False)
+def log_validations(
+    config: FederationConfig, state: StateDir, job_run_id: str, round_number: int, phase: str, outcomes: list[SiloOutcome]
+) -> None:
+    """Log every silo's row-free validation summary for this phase to the job run, as soon as the
+    phase ends (so a round that aborts later still leaves them)."""
+    participation = sort_outcomes(outcomes, config.federation, round_number, phase)
+    payload = {
+        "round": round_number,
+        "phase": phase,
+        "summaries": participation.validations,
+        "sat_out": participation.out,
+    }
+    tracker = tracker_for(config, state).open()
+    tracker.log_json(job_run_id, f"validation/r{round_number:03d}-{phase}.json", payload)
+
+
+@task(name="aggregate", cache_policy=NONE, persist_result=False)
+def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes: list[SiloOutcome]) -> Aggregate:
+    """Check quorum, read and verify every update, take the FedAvg step, publish the new global model."""
+    began = time.perf_counter()
+    exchange = exchange_for(config, state)
+    r = plan.round_number
+    training = sort_outcomes(outcomes, config.federation, r, "train")
+    require_quorum(training.silos_in, training.out, config.aggregation.min_silos, f"round {r} training")
+    start = exchange.get_vector(plan.global_ref, expect={"federation": config.federation, "round": r - 1, "phase": "global"})
+    deltas, weights, rejected = [], [], {}
+    for silo in training.silos_in:
+        manifest = training.manifests[silo]
+        try:
+            delta = exchange.get_vector(
+                ObjectRef.from_dict(manifest["update"]),
+                expect={"federation": config.federation, "round": r, "phase": "train", "silo": silo},
+            )
+            if delta.shape != start.shape:
+                raise IntegrityError(f"update has {delta.shape[0]} values, the model {start.shape[0]}")
+            n = int(manifest["n_samples"])
+        except (ExchangeError, KeyError, TypeError, ValueError) as exc:
+            rejected[silo] = f"update rejected: {exc}"
+            continue
+        deltas.append(delta)
+        weights.append(n)
+    if rejected:
+        kept = {s: m for s, m in training.manifests.items() if s not in rejected}
+        training = Participation(manifests=kept, out={**training.out, **rejected}, validations=training.validations)
+        require_quorum(training.silos_in, training.out, config.aggregation.min_silos, f"round {r} training")
+    new_global = config.aggregation.fedavg().step(start, deltas, weights)
+    ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
+    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began)
+
+
+def _metrics(raw: dict) -> Metrics:
+    return Metrics(
+        n=int(raw["n"]), accuracy=float(raw["accuracy"]), roc_auc=float(raw["roc_auc"]), log_loss=float(raw["log_loss"])
+    )
+
+
+@task(name="assess", cache_policy=NONE, persist_result=False)
+def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes: list[SiloOutcome]) -> Assessment:
+    """Read every silo's evaluation report, pool the metrics and run the fairness gate."""
+    exchange = exchange_for(config, state)
+    r = plan.round_number
+    evaluation = sort_outcomes(outcomes, config.federation, r, "evaluate")
+    candidate, champion, rejected, compute_s = {}, {}, {}, 0.0
+    for silo, manifest in evaluation.manifests.items():
+        try:
+            report = exchange.get_json(ObjectRef.from_dict(manifest["report"]))
+            if (report.get("federation"), report.get("round"), report.get("silo")) != (config.federation, r, silo):
+                raise IntegrityError("report bound to another federation, round or silo")
+            candidate[silo] = _metrics(report["metrics"]["candidate"])
+            if "champion" in report["metrics"]:
+                champion[silo] = _metrics(report["metrics"]["champion"])
+            compute_s += float(manifest.get("compute_s", 0.0))
+        except (ExchangeError, KeyError, TypeError, ValueError) as exc:
+            rejected[silo] = f"evaluation rejected: {exc}"
+    if rejected:
+        evaluation = Participation(
+            manifests={s: m for s, m in evaluation.manifests.items() if s not in rejected},
+            out={**evaluation.out, **rejected}, validations=evaluation.validations,
+        )
+    require_quorum(evaluation.silos_in, evaluation.out, config.aggregation.min_silos, f"round {r} evaluation")
+    metric = config.gate.metric
+    gate = decide(
+        {s: m.get(metric) for s, m in candidate.items()},
+        {s: m.get(metric) for s, m in champion.items()} if plan.champion_ref is not None else None,
+        config.gate,
+    )
+    return Assessment(
+        candidate=candidate, champion=champion, evaluation=evaluation, pooled=pooled(candidate), gate=gate,
+        compute_s=compute_s,
+    )
+
+
+def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[str, float]) -> dict[str, float]:
+    metrics: dict[str, float] = {f"global.{k}": v for k, v in assessment.pooled.items()}
+    for silo, m in assessment.candidate.items():
+        for name in ("accuracy", "roc_auc", "log_loss"):
+            metrics[f"silo.{silo}.{name}"] = m.get(name)
+    for silo, manifest in aggregated.training.manifests.items():
+        metrics[f"silo.{silo}.train_loss"] = float(manifest["train_loss"])
+        metrics[f"silo.{silo}.n_train"] = float(manifest["n_samples"])
+    metrics["silos.in"] = float(len(aggregated.training.silos_in))
+    metrics["silos.out"] = float(len(aggregated.training.out))
+    metrics["gate.passed"] = 1.0 if assessment.gate.passed else 0.0
+    for check in assessment.gate.checks:
+        metrics[f"gate.{check.name}"] = check.value
+    metrics.update({f"time.{k}": v for k, v in timings.items()})
+    return metrics
+
+
+def _gate_json(gate: GateDecision) -> dict:
+    return {
+        "passed": gate.passed,
+        "metric": gate.metric,
+        "summary": gate.summary(),
+        "undefined": list(gate.undefined),
+        "checks": [asdict(c) for c in gate.checks],
+    }
+
+
+@task(name="record-round", cache_policy=NONE, persist_result=False)
+def record_round(
+    config: FederationConfig,
+    state: StateDir,
+    job_run_id: str,
+    plan: RoundPlan,
+    aggregated: Aggregate,
+    assessment: Assessment,
+    timings: dict[str, float],
+) -> dict:
+    """Log the round to MLflow, register its model version with lineage, apply the gate, commit."""
+    exchange = exchange_for(config, state)
+    tracker = tracker_for(config, state).open()
+    r = plan.round_number
+    gate = assessment.gate
+    training = aggregated.training
+    fingerprints = {}
+    for silo, summary in {**assessment.evaluation.validations, **training.validations}.items():
+        fingerprints[silo] = ValidationSummary.from_dict(summary).fingerprint()
+    record = {
+        "federation": config.federation,
+        "round": r,
+        "kind": "round",
+        "global": aggregated.global_ref.to_dict(),
+        "parent_round": r - 1,
+        "parent_version": plan.parent_version,
+        "silos_in": training.silos_in,
+        "silos_out": training.out,
+        "evaluated": assessment.evaluation.silos_in,
+        "evaluation_out": assessment.evaluation.out,
+        "train": {
+            s: {k: m[k] for k in ("n_samples", "steps", "train_loss")} for s, m in training.manifests.items()
+        },
+        "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
+        "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
+        "champion_version_before": plan.champion_version,
+        "pooled": assessment.pooled,
+        "gate": _gate_json(gate),
+        "data": fingerprints,
+        "config_hash": config.config_hash(),
+        "code_version": code_version(),
+    }
+    lineage = {
+        f"{TAG}federation": config.federation,
+        f"{TAG}round": str(r),
+        f"{TAG}parent_version": plan.parent_version or "none",
+        f"{TAG}silos_in": ",".join(training.silos_in),
+        f"{TAG}silos_out": json.dumps(training.out, sort_keys=True) if training.out else "none",
+        f"{TAG}config_hash": config.config_hash(),
+        f"{TAG}contract_hash": config.contract.contract_hash(),
+        f"{TAG}code_version": code_version(),
+        f"{TAG}aggregation": config.aggregation.rule,
+        f"{TAG}global_sha256": aggregated.global_ref.sha256,
+        f"{TAG}exchange_key": aggregated.global_ref.key,
+        f"{TAG}job_run_id": job_run_id,
+        f"{TAG}gate": "passed" if gate.passed else "failed",
+        f"{TAG}gate.metric": gate.metric,
+        f"{TAG}gate.summary": gate.summary(),
+    }
+    for check in gate.checks:
+        lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
+    for silo, fp in fingerprints.items():
+        lineage[f"{TAG}data.{silo}"] = json.dumps(fp, sort_keys=True)
+
+    round_run = tracker.start_round(
+        job_run_id, r, name=f"{config.federation}/r{r:03d}",
+        tags={f"{TAG}gate": lineage[f"{TAG}gate"], f"{TAG}silos_in": lineage[f"{TAG}silos_in"]},
+    )
+    try:
+        tracker.log_json(round_run, "gate.json", record["gate"])
+        existing = tracker.version_for_round(r)
+        if existing is not None:
+            version = existing.version  # registered by an interrupted attempt: never register a round twice
+        else:
+            vector = exchange.get_vector(aggregated.global_ref)
+            version = tracker.register_round_model(
+                round_run, r, vector, model_card(config.contract, config.model, config.federation, r), None, lineage,
+            )
+        tracker.set_alias(CANDIDATE, version)
+        if gate.passed:
+            tracker.set_alias(CHAMPION, version)
+        record["version"] = version
+        record["promoted"] = gate.passed
+        record["champion_version"] = version if gate.passed else plan.champion_version
+        timings = {k: v for k, v in timings.items() if k != "started_at"} | {"round_s": time.time() - timings["started_at"]}
+        record["timings"] = timings
+        metrics = _round_metrics(aggregated, assessment, timings)
+        tracker.log_metrics(job_run_id, metrics, step=r)
+        tracker.log_metrics(round_run, metrics, step=r)
+        tracker.set_tags(round_run, {f"{TAG}version": version})
+        tracker.log_json(round_run, "round.json", record)
+    except BaseException:
+        tracker.end_run(round_run, "FAILED")
+        raise
+    tracker.end_run(round_run, "FINISHED")
+    exchange.put_json(exchange.record_key(r), record)
+    return record
+
+
+@task(name="finish-job", cache_policy=NONE, persist_result=False)
+def finish_job(config: FederationConfig, state: StateDir, job_run_id: str, status: str, reason: str | None = None) -> None:
+    tracker = tracker_for(config, state).open()
+    champion = tracker.version_by_alias(CHAMPION)
+    tags = {f"{TAG}champion_version": champion.version if champion else "none"}
+    if reason:
+        tags[f"{TAG}failure"] = reason
+    tracker.set_tags(job_run_id, tags)
+    tracker.end_run(job_run_id, status)

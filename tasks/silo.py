@@ -1,0 +1,137 @@
+"""Tasks that run on a silo's side: they touch its data and return only manifests and summaries.
+
+What leaves a silo: a row-free validation summary, the update (a parameter delta, through the
+exchange), its training-set size, and evaluation metrics on its holdout.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from fl_core.errors import DataError, IntegrityError
+from fl_core.evaluation import evaluate
+from fl_core.models import build_model
+from fl_core.params import flatten, load_flat_inplace
+from fl_core.preprocess import FeatureEncoder
+from fl_core.seeding import derive_seed
+from fl_core.training import train_local
+from infra.config import FederationConfig
+from infra.exchange import ObjectRef, exchange_for
+from infra.silo_data import ValidationCache, file_digest, read_table
+from infra.state import StateDir
+from tasks.common import binding
+from validation import ValidationSummary, validate_table
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiloData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_holdout: np.ndarray
+    y_holdout: np.ndarray
+
+
+def _unreadable(config: FederationConfig, silo_id: str, reason: str) -> ValidationSummary:
+    return ValidationSummary(
+        silo=silo_id, passed=False, contract_hash=config.contract.contract_hash(), schema_hash=None,
+        n_rows=0, n_train=0, n_holdout=0, problems=(reason,),
+    )
+
+
+def _encode(config: FederationConfig, table) -> SiloData:
+    contract = config.contract
+    encoder = FeatureEncoder(contract.features)
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in contract.columns}
+    x = encoder.encode(columns)
+    y = (columns[contract.label.column] == contract.label.positive).astype(np.int64)
+    train = columns[contract.split_column] == "train"
+    return SiloData(x_train=x[train], y_train=y[train], x_holdout=x[~train], y_holdout=y[~train])
+
+
+@task(name="load-and-validate", cache_policy=NONE, persist_result=False)
+def load_and_validate(config: FederationConfig, silo_id: str, state: StateDir) -> tuple[SiloData | None, ValidationSummary]:
+    """Read the silo's table and check it against the contract (verdicts cached by file digest).
+
+    Returns ``(None, summary)`` when the data cannot be used; the summary says why, row-free."""
+    path = config.silo_data_path(silo_id)
+    try:
+        table = read_table(path, silo_id)
+    except DataError as exc:
+        get_run_logger().warning("sitting out: %s", exc)
+        return None, _unreadable(config, silo_id, str(exc))
+    cache = ValidationCache(state.silo(silo_id) / "validation")
+    digest, contract_hash = file_digest(path), config.contract.contract_hash()
+    summary = cache.get(digest, contract_hash)
+    if summary is None:
+        summary = validate_table(table, config.contract, silo_id)
+        cache.put(digest, contract_hash, summary)
+    if not summary.passed:
+        get_run_logger().warning("sitting out: %s", summary.one_line())
+        return None, summary
+    return _encode(config, table), summary
+
+
+def _load_model(config: FederationConfig, exchange, ref: ObjectRef, n_inputs: int, expect: dict):
+    vector = exchange.get_vector(ref, expect=expect)
+    model = build_model(config.model, n_inputs, seed=0)
+    try:
+        load_flat_inplace(model, vector)
+    except ValueError as exc:
+        raise IntegrityError(f"{ref.key}: {exc}") from None
+    return model, vector
+
+
+@task(name="train", cache_policy=NONE, persist_result=False)
+def train_and_upload(
+    config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
+) -> dict:
+    """Train from the round's global model and publish the delta; returns the update manifest."""
+    exchange = exchange_for(config, state)
+    n_inputs = data.x_train.shape[1]
+    model, start = _load_model(
+        config, exchange, ObjectRef.from_dict(global_ref), n_inputs,
+        expect={"federation": config.federation, "round": round_number - 1, "phase": "global"},
+    )
+    began = time.perf_counter()
+    result = train_local(
+        model, data.x_train, data.y_train, config.training, seed=derive_seed(config.seed, "train", round_number, silo_id)
+    )
+    local = evaluate(model, data.x_holdout, data.y_holdout)
+    compute_s = time.perf_counter() - began
+    delta = flatten(model) - start
+    ref = exchange.put_vector(
+        exchange.update_key(round_number, silo_id), delta,
+        binding(config.federation, round_number, "train", silo_id, n_samples=result.n_samples),
+    )
+    return {
+        "update": ref.to_dict(),
+        "n_samples": result.n_samples,
+        "steps": result.steps,
+        "train_loss": result.mean_loss,
+        "local_metrics": local.to_dict(),
+        "compute_s": compute_s,
+    }
+
+
+@task(name="evaluate", cache_policy=NONE, persist_result=False)
+def evaluate_models(
+    config: FederationConfig, silo_id: str, round_number: int, models: dict[str, dict], data: SiloData, state: StateDir
+) -> dict:
+    """Score each named model (candidate, champion) on the silo's holdout; publish the report."""
+    exchange = exchange_for(config, state)
+    n_inputs = data.x_holdout.shape[1]
+    began = time.perf_counter()
+    metrics = {}
+    for name, raw_ref in sorted(models.items()):
+        ref = ObjectRef.from_dict(raw_ref)
+        model, _ = _load_model(config, exchange, ref, n_inputs, expect={"federation": config.federation, "phase": "global"})
+        metrics[name] = evaluate(model, data.x_holdout, data.y_holdout).to_dict()
+    compute_s = time.perf_counter() - began
+    report = {"federation": config.federation, "round": round_number, "silo": silo_id, "metrics": metrics}
+    ref = exchange.put_json(exchange.evaluation_key(round_number, silo_id), report)
+    return {"report": ref.to_dict(), "compute_s": compute_s}
