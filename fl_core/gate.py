@@ -32,6 +32,8 @@ class GateSpec:
     max_regression: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.metric not in HIGHER_IS_BETTER:
+            raise ValueError(f"metric must be one of {sorted(HIGHER_IS_BETTER)}, got {self.metric!r}")
         for name in ("min_worst", "max_gap", "max_regression"):
             value = getattr(self, name)
             if not math.isfinite(value):

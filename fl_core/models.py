@@ -28,6 +28,10 @@ class ModelSpec:
     activation: Literal["relu", "tanh"] = "relu"
 
     def __post_init__(self) -> None:
+        if self.kind not in ("logistic", "mlp"):
+            raise ValueError(f"kind must be 'logistic' or 'mlp', got {self.kind!r}")
+        if self.activation not in ("relu", "tanh"):
+            raise ValueError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
         if self.kind == "logistic" and self.hidden:
             raise ValueError(f"a logistic model has no hidden layers, got hidden={list(self.hidden)!r}")
         if self.kind == "mlp" and not self.hidden:

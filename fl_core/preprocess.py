@@ -26,7 +26,9 @@ from fl_core.schema import Feature
 
 def _is_missing(value: object) -> bool:
     # None from Arrow/object columns, NaN from float columns, pandas.NA from nullable dtypes.
-    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ == "NAType"
+    if value is None or type(value).__name__ == "NAType":
+        return True
+    return isinstance(value, (float, np.floating)) and value != value
 
 
 def _missing_mask(values: np.ndarray) -> np.ndarray:

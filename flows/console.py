@@ -39,7 +39,7 @@ class ConsoleReporter(Reporter):
             self.progress = None
 
     def _print(self, text: str = "", **kwargs) -> None:
-        (self.progress.console if self.progress else self.console).print(text, **kwargs)
+        (self.progress.console if self.progress else self.console).print(text, soft_wrap=True, **kwargs)
 
     # -- events -------------------------------------------------------------------------------------
     def job_started(self, federation: str, first_round: int, last_round: int, silos: list[str]) -> None:

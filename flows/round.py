@@ -7,12 +7,12 @@ import time
 from prefect import flow
 from prefect.utilities.annotations import quote
 
+from flows.silo import silo_flow
 from infra.config import load_config
 from infra.dispatch import Dispatcher, InProcessDispatcher, SiloCall, SiloOutcome
 from infra.progress import reporter
 from infra.state import resolve_state_dir
 from tasks.coordinator import aggregate, assess, log_validations, plan_round, record_round
-from flows.silo import silo_flow
 
 
 def make_dispatcher() -> Dispatcher:

@@ -53,7 +53,7 @@ def silo_flow(
     data, summary = load_and_validate(quote(config), silo_id, state)
     manifest["validation"] = summary.to_dict()
     if data is None:
-        return {**manifest, "status": "sat_out", "reason": summary.one_line()}
+        return {**manifest, "status": "sat_out", "reason": summary.verdict()}
     if phase == "train":
         result = train_and_upload(quote(config), silo_id, round_number, models["global"], quote(data), state)
     else:

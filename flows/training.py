@@ -7,11 +7,11 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from fl_core.errors import FedsiloError
+from flows.round import round_flow
 from infra.config import load_config
 from infra.progress import reporter
 from infra.state import ensure_state_dir, resolve_state_dir
 from tasks.coordinator import finish_job, start_job
-from flows.round import round_flow
 
 
 def job_run_name() -> str:

@@ -26,10 +26,11 @@ from fl_core.errors import StateError
 from infra.state import StateDir
 
 QUIET_CONSOLE = {
-    # INFO logs still reach the API (and the Prefect UI); the console shows warnings and errors only.
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "WARNING",
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "WARNING",
+    # Logs still reach the API (and the Prefect UI) at INFO; the console is the CLI's: it shows
+    # progress, the round table and one line per error, so Prefect prints only critical messages.
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL": "CRITICAL",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "CRITICAL",
     "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",
 }
 

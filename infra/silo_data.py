@@ -10,12 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fl_core.errors import DataError
+from fl_core.preprocess import FeatureEncoder
+from fl_core.schema import DataContract
+from validation.schema import decoded
 from validation.summary import ValidationSummary
 
 
@@ -26,6 +31,26 @@ def read_table(path: Path, silo: str) -> pa.Table:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"silo {silo}: data file {path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiloData:
+    """A silo's table encoded for the model: features by the contract, labels as 0/1."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_holdout: np.ndarray
+    y_holdout: np.ndarray
+
+
+def encode_table(table: pa.Table, contract: DataContract) -> SiloData:
+    """Encode a table that passed the contract (row order kept; the split column picks the rows)."""
+    encoder = FeatureEncoder(contract.features)
+    columns = {name: decoded(table.column(name)).to_numpy(zero_copy_only=False) for name in contract.columns}
+    x = encoder.encode(columns)
+    y = (columns[contract.label.column] == contract.label.positive).astype(np.int64)
+    train = columns[contract.split_column] == "train"
+    return SiloData(x_train=x[train], y_train=y[train], x_holdout=x[~train], y_holdout=y[~train])
 
 
 def file_digest(path: Path) -> str:
@@ -47,7 +72,7 @@ class ValidationCache:
         path = self._path(data_digest, contract_hash)
         try:
             return ValidationSummary.from_dict(json.loads(path.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError, TypeError, KeyError):
+        except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
             return None
 
     def put(self, data_digest: str, contract_hash: str, summary: ValidationSummary) -> None:

@@ -7,9 +7,7 @@ exchange), its training-set size, and evaluation metrics on its holdout.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -17,23 +15,14 @@ from fl_core.errors import DataError, IntegrityError
 from fl_core.evaluation import evaluate
 from fl_core.models import build_model
 from fl_core.params import flatten, load_flat_inplace
-from fl_core.preprocess import FeatureEncoder
 from fl_core.seeding import derive_seed
 from fl_core.training import train_local
 from infra.config import FederationConfig
 from infra.exchange import ObjectRef, exchange_for
-from infra.silo_data import ValidationCache, file_digest, read_table
+from infra.silo_data import SiloData, ValidationCache, encode_table, file_digest, read_table
 from infra.state import StateDir
 from tasks.common import binding
 from validation import ValidationSummary, validate_table
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SiloData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_holdout: np.ndarray
-    y_holdout: np.ndarray
 
 
 def _unreadable(config: FederationConfig, silo_id: str, reason: str) -> ValidationSummary:
@@ -41,16 +30,6 @@ def _unreadable(config: FederationConfig, silo_id: str, reason: str) -> Validati
         silo=silo_id, passed=False, contract_hash=config.contract.contract_hash(), schema_hash=None,
         n_rows=0, n_train=0, n_holdout=0, problems=(reason,),
     )
-
-
-def _encode(config: FederationConfig, table) -> SiloData:
-    contract = config.contract
-    encoder = FeatureEncoder(contract.features)
-    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in contract.columns}
-    x = encoder.encode(columns)
-    y = (columns[contract.label.column] == contract.label.positive).astype(np.int64)
-    train = columns[contract.split_column] == "train"
-    return SiloData(x_train=x[train], y_train=y[train], x_holdout=x[~train], y_holdout=y[~train])
 
 
 @task(name="load-and-validate", cache_policy=NONE, persist_result=False)
@@ -73,7 +52,7 @@ def load_and_validate(config: FederationConfig, silo_id: str, state: StateDir) -
     if not summary.passed:
         get_run_logger().warning("sitting out: %s", summary.one_line())
         return None, summary
-    return _encode(config, table), summary
+    return encode_table(table, config.contract), summary
 
 
 def _load_model(config: FederationConfig, exchange, ref: ObjectRef, n_inputs: int, expect: dict):

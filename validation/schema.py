@@ -26,6 +26,13 @@ def arrow_type_accepts(dtype: Dtype, arrow_type: pa.DataType) -> bool:
     return pat.is_boolean(arrow_type)
 
 
+def decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary-encoded column as a plain column of its value type. The checks and the encoder
+    need plain columns: `ChunkedArray.to_numpy` turns a dictionary column's nulls into values, and
+    range checks cannot run on the pandas Categorical it becomes."""
+    return column.cast(column.type.value_type) if pat.is_dictionary(column.type) else column
+
+
 def expected_arrow_schema(contract: DataContract) -> pa.Schema:
     """The canonical Arrow schema of a silo table (what `fedsilo demo-data` writes)."""
     types = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), "bool": pa.bool_()}
@@ -38,7 +45,7 @@ def expected_arrow_schema(contract: DataContract) -> pa.Schema:
 def check_schema(schema: pa.Schema, contract: DataContract) -> list[str]:
     """Problems with the table's schema, one line each, naming the column; empty when it fits."""
     issues: list[str] = []
-    present = {name: schema.field(name).type for name in schema.names}
+    present = {f.name: f.type for f in schema}  # schema.field(name) raises on a duplicated name
     duplicated = sorted({n for n in schema.names if schema.names.count(n) > 1})
     issues.extend(f"{name}: column appears more than once" for name in duplicated)
     wanted: list[tuple[str, Dtype]] = [(f.name, f.dtype) for f in contract.features]

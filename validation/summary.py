@@ -58,12 +58,16 @@ class ValidationSummary:
     def reasons(self) -> list[str]:
         return [*self.schema_issues, *self.problems, *(o.describe() for o in self.failures)]
 
-    def one_line(self) -> str:
+    def verdict(self) -> str:
+        """The verdict without the silo's name, e.g. for a line that already names it."""
         if self.passed:
-            return f"{self.silo}: contract passed ({self.n_train} train / {self.n_holdout} holdout rows)"
+            return f"contract passed ({self.n_train} train / {self.n_holdout} holdout rows)"
         reasons = self.reasons()
         more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
-        return f"{self.silo}: contract failed: " + "; ".join(reasons[:3]) + more
+        return "contract failed: " + "; ".join(reasons[:3]) + more
+
+    def one_line(self) -> str:
+        return f"{self.silo}: {self.verdict()}"
 
     def fingerprint(self) -> dict:
         """What the lineage records about this silo's data: no data, only its shape and verdict."""

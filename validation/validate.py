@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fl_core.schema import DataContract
-from validation.schema import check_schema
+from validation.schema import check_schema, decoded
 from validation.suite import build_suite
 from validation.summary import ExpectationOutcome, ValidationSummary, schema_hash
 
@@ -96,7 +96,8 @@ def validate_table(table: pa.Table, contract: DataContract, silo: str) -> Valida
             f"{contract.split_column}: {n_holdout} holdout rows, the contract needs >= {contract.min_holdout_rows}"
         )
 
-    frame = table.select(list(contract.columns)).to_pandas()
+    selected = table.select(list(contract.columns))
+    frame = pa.table([decoded(c) for c in selected.columns], names=selected.column_names).to_pandas()
     context = _gx_context()
     name = f"silo-{uuid.uuid4().hex}"
     with _lock:

@@ -1,0 +1,33 @@
+# Two entry points (see README): `make demo` and `make test`. Both install everything first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: install demo test bench bench-quick clean-state
+
+# torch first, pinned to the CPU build (2.13.0), so that nothing later pulls CUDA wheels.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/fedsilo demo-data examples/heart/federation.yaml
+	$(VENV)/bin/fedsilo run examples/heart/federation.yaml
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/heart.py
+	$(PY) benchmarks/round_overhead.py
+
+bench-quick: install
+	$(PY) benchmarks/heart.py --quick
+	$(PY) benchmarks/round_overhead.py --quick
+
+clean-state:
+	rm -rf .fedsilo

@@ -1,0 +1,275 @@
+"""The training, round and silo flows under Prefect's test harness, on synthetic federations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fl_core.errors import QuorumError, StateError
+from fl_core.simulation import SiloArrays, fedavg_rounds
+from infra.config import load_config
+from infra.dispatch import InProcessDispatcher
+from infra.exchange import Exchange, LocalObjectStore, ObjectRef
+from infra.silo_data import encode_table
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def client(state_home):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{state_home}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def exchange(state_home, federation="synth") -> Exchange:
+    return Exchange(LocalObjectStore(state_home / "exchange"), federation)
+
+
+def versions(state_home, name="synth"):
+    return sorted(client(state_home).search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def aliases(state_home, name="synth") -> dict[str, str]:
+    return {alias: str(v) for alias, v in client(state_home).get_registered_model(name).aliases.items()}
+
+
+def train(config_path, rounds):
+    from flows.training import training_flow
+
+    return training_flow(config_path=str(config_path), rounds=rounds)
+
+
+def overwrite_column(config_path, silo: str, column: str, values) -> None:
+    path = load_config(config_path).silo_data_path(silo)
+    table = pq.read_table(path)
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, column, pa.array(values)), path)
+
+
+class RecordingDispatcher(InProcessDispatcher):
+    """The in-process dispatcher, keeping every outcome for inspection."""
+
+    seen: list = []
+
+    def run(self, calls, on_done=None):
+        outcomes = super().run(calls, on_done)
+        RecordingDispatcher.seen.extend(outcomes)
+        return outcomes
+
+
+def test_job_registers_one_version_per_round_with_lineage(federation, state_home):
+    config_path = federation(3)
+    config = load_config(config_path)
+    result = train(config_path, rounds=2)
+
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    found = versions(state_home)
+    assert [v.tags["fedsilo.round"] for v in found] == ["1", "2"]
+    first, second = found
+    assert first.tags["fedsilo.parent_version"] == "none"
+    assert second.tags["fedsilo.parent_version"] == str(first.version)
+    for version in found:
+        assert version.tags["fedsilo.silos_in"] == "s0,s1,s2"
+        assert version.tags["fedsilo.silos_out"] == "none"
+        assert version.tags["fedsilo.config_hash"] == config.config_hash()
+        assert version.tags["fedsilo.contract_hash"] == config.contract.contract_hash()
+        assert version.tags["fedsilo.code_version"]
+        fingerprint = json.loads(version.tags["fedsilo.data.s1"])
+        assert fingerprint["contract"] == "passed" and fingerprint["rows"] == 200
+        assert len(fingerprint["schema_hash"]) == 64
+    assert aliases(state_home)["candidate"] == str(second.version)
+
+    mlflow = client(state_home)
+    job = mlflow.get_run(result["job_run_id"])
+    assert job.info.status == "FINISHED"
+    history = mlflow.get_metric_history(job.info.run_id, "global.accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    assert {m.step for m in mlflow.get_metric_history(job.info.run_id, "silo.s2.accuracy")} == {1, 2}
+    artifacts = {a.path for a in mlflow.list_artifacts(job.info.run_id, "validation")}
+    assert {"validation/r001-train.json", "validation/r002-evaluate.json"} <= artifacts
+    assert exchange(state_home).committed_rounds() == [0, 1, 2]
+
+
+def test_pipeline_reproduces_in_memory_fedavg_bit_for_bit(federation, state_home):
+    config_path = federation(3, seed=5)
+    config = load_config(config_path)
+    result = train(config_path, rounds=3)
+
+    record = result["rounds"][-1]
+    pipeline = exchange(state_home).get_vector(ObjectRef.from_dict(record["global"]))
+    silos = {}
+    for silo in config.silo_ids:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        silos[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
+    reference = fedavg_rounds(silos, config.model, config.training, config.seed, rounds=3)
+    assert pipeline.dtype == np.float32
+    assert np.array_equal(pipeline, reference)
+
+
+def test_flow_runs_are_named_for_people(federation, state_home):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    train(federation(2, federation="naming"), rounds=1)
+    with get_client(sync_client=True) as prefect:
+        names = {
+            run.name
+            for run in prefect.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="naming/")))
+        }
+    assert {"naming/job", "naming/r001", "naming/r001/s0", "naming/r001/s1", "naming/r001/s0/evaluate"} <= names
+
+
+def test_silos_return_plain_json_manifests_without_vectors(federation, state_home, monkeypatch):
+    import flows.round
+
+    RecordingDispatcher.seen = []
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: RecordingDispatcher(flows.round.silo_flow))
+    train(federation(2), rounds=1)
+
+    assert len(RecordingDispatcher.seen) == 4  # 2 silos x (train, evaluate)
+    for outcome in RecordingDispatcher.seen:
+        json.dumps(outcome.manifest)  # JSON, nothing pickled
+        if outcome.manifest["phase"] == "train":
+            assert set(outcome.manifest["update"]) == {"key", "sha256", "size"}  # a reference, not the vector
+
+        def longest_list(node) -> int:
+            if isinstance(node, dict):
+                return max((longest_list(v) for v in node.values()), default=0)
+            if isinstance(node, list):
+                return max([len(node), *(longest_list(v) for v in node)])
+            return 0
+
+        assert longest_list(outcome.manifest) < 64  # summaries and refs, no parameter vectors
+
+
+def test_silo_with_bad_data_sits_out_and_the_round_goes_on(federation, state_home):
+    config_path = federation(3)
+    overwrite_column(config_path, "s1", "f0", [f"x{i}" for i in range(200)])  # wrong type
+    record = train(config_path, rounds=1)["rounds"][0]
+
+    assert record["silos_in"] == ["s0", "s2"]
+    assert "s1" in record["silos_out"] and "f0" in record["silos_out"]["s1"]
+    version = versions(state_home)[0]
+    assert "s1" in json.loads(version.tags["fedsilo.silos_out"])
+    assert json.loads(version.tags["fedsilo.data.s1"])["contract"] == "failed"
+
+    mlflow = client(state_home)
+    path = mlflow.download_artifacts(record_job(state_home), "validation/r001-train.json")
+    logged = json.loads(open(path).read())
+    assert logged["summaries"]["s1"]["passed"] is False
+    assert any("f0" in issue for issue in logged["summaries"]["s1"]["schema_issues"])
+
+
+def record_job(state_home) -> str:
+    mlflow = client(state_home)
+    experiment = mlflow.get_experiment_by_name("synth")
+    runs = mlflow.search_runs([experiment.experiment_id], "tags.`fedsilo.kind` = 'job'", order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id
+
+
+def test_too_few_silos_abort_the_round_and_change_nothing(federation, state_home):
+    config_path = federation(3)
+    train(config_path, rounds=1)
+    before_versions = [str(v.version) for v in versions(state_home)]
+    before_aliases = aliases(state_home)
+
+    overwrite_column(config_path, "s0", "f1", [99.0] * 200)  # out of the contract's range
+    overwrite_column(config_path, "s2", "label", [7] * 200)  # label outside the classes
+    with pytest.raises(QuorumError) as caught:
+        train(config_path, rounds=1)
+
+    message = str(caught.value)
+    assert "min_silos=2" in message and "s0" in message and "s2" in message
+    assert [str(v.version) for v in versions(state_home)] == before_versions
+    assert aliases(state_home) == before_aliases
+    assert exchange(state_home).committed_rounds() == [0, 1]
+    failed = client(state_home).get_run(record_job(state_home))
+    assert failed.info.status == "FAILED"
+    assert "min_silos" in failed.data.tags["fedsilo.failure"]
+
+
+def test_gate_failure_keeps_candidate_and_tags_the_reasons(federation, state_home):
+    gate = {"metric": "accuracy", "min_worst": 0.999, "max_gap": 0.5, "max_regression": 0.2}
+    record = train(federation(3, overrides={"gate": gate}), rounds=1)["rounds"][0]
+
+    assert record["promoted"] is False
+    version = versions(state_home)[0]
+    assert version.tags["fedsilo.gate"] == "failed"
+    assert version.tags["fedsilo.gate.floor"].startswith("FAIL: worst silo")
+    assert "0.999" in version.tags["fedsilo.gate.summary"]
+    assert aliases(state_home) == {"candidate": str(version.version)}
+
+
+def test_one_class_silo_trains_and_its_undefined_auc_is_named(federation, state_home):
+    gate = {"metric": "roc_auc", "min_worst": 0.0, "max_gap": 1.0, "max_regression": 1.0}
+    config_path = federation(3, overrides={"gate": gate})
+    overwrite_column(config_path, "s2", "label", [1] * 200)
+    record = train(config_path, rounds=1)["rounds"][0]
+
+    assert "s2" in record["silos_in"]
+    assert record["gate"]["undefined"] == ["s2"]
+    assert record["promoted"] is True
+
+
+def test_an_interrupted_round_is_redone_and_registered_once(federation, state_home):
+    config_path = federation(2)
+    train(config_path, rounds=1)
+    store = exchange(state_home)
+    store.store.put(store.update_key(2, "s0"), b"left behind by a crash")  # an uncommitted attempt
+
+    train(config_path, rounds=1)
+    assert store.committed_rounds() == [0, 1, 2]
+    # A crash after registration but before the commit: the redo must reuse the version.
+    store.store.delete_prefix(store.round_prefix(2))
+    train(config_path, rounds=1)
+    round_two = [v for v in versions(state_home) if v.tags["fedsilo.round"] == "2"]
+    assert len(round_two) == 1
+    assert store.committed_rounds() == [0, 1, 2]
+
+
+def test_a_tampered_update_is_rejected(federation, state_home, monkeypatch):
+    import flows.round
+
+    class Tampering(InProcessDispatcher):
+        def run(self, calls, on_done=None):
+            outcomes = super().run(calls, on_done)
+            for outcome in outcomes:
+                if outcome.silo_id == "s0" and outcome.manifest.get("phase") == "train":
+                    path = state_home / "exchange" / outcome.manifest["update"]["key"]
+                    data = bytearray(path.read_bytes())
+                    data[-40] ^= 0xFF
+                    path.write_bytes(bytes(data))
+            return outcomes
+
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: Tampering(flows.round.silo_flow))
+    record = train(federation(3), rounds=1)["rounds"][0]
+    assert record["silos_in"] == ["s1", "s2"]
+    assert "digest" in record["silos_out"]["s0"]
+
+
+def test_a_silo_refuses_a_request_for_another_federation(federation, state_home):
+    from flows.silo import silo_flow
+
+    config_path = federation(2)
+    state = silo_flow(
+        federation="not-this-one", silo_id="s0", round_number=1, phase="train", models={}, config_path=str(config_path),
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="not-this-one"):
+        state.result()
+
+
+def test_a_different_model_on_existing_state_is_a_clear_error(federation, state_home, tmp_path):
+    config_path = federation(2)
+    train(config_path, rounds=1)
+    text = config_path.read_text().replace("kind: logistic", "kind: mlp\n  hidden: [4]")
+    config_path.write_text(text)
+    with pytest.raises(StateError, match="parameters"):
+        train(config_path, rounds=1)

@@ -1,0 +1,240 @@
+"""The fairness gate: floor, gap and regression checks, with their numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fl_core.gate import GateSpec, decide
+
+PROPERTY = settings(max_examples=60, deadline=None)
+NAN = math.nan
+
+
+def _check(decision, name):
+    matches = [c for c in decision.checks if c.name == name]
+    assert len(matches) == 1, f"expected one {name} check, got {decision.checks}"
+    return matches[0]
+
+
+# --- GateSpec ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["min_worst", "max_gap", "max_regression"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_gate_spec_rejects_non_finite_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"{field} must be a finite number, got {value!r}"):
+        GateSpec(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_gap=-0.1), r"max_gap and max_regression must be >= 0, got -0.1, 0.05"),
+        (dict(max_regression=-0.01), r"max_gap and max_regression must be >= 0, got 0.3, -0.01"),
+    ],
+)
+def test_gate_spec_rejects_negative_tolerances(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GateSpec(**kwargs)
+
+
+def test_gate_spec_accepts_zero_tolerances():
+    spec = GateSpec(max_gap=0.0, max_regression=0.0, min_worst=-1.0)
+    assert (spec.max_gap, spec.max_regression) == (0.0, 0.0)
+
+
+# --- floor ---------------------------------------------------------------------------------------
+
+
+def test_floor_passes_with_its_numbers():
+    d = decide({"a": 0.7, "b": 0.65}, None, GateSpec(min_worst=0.6, max_gap=0.3))
+    assert d.passed and d.summary() == "passed"
+    floor = _check(d, "floor")
+    assert floor.passed and floor.value == 0.65 and floor.threshold == 0.6
+    assert floor.detail == "worst silo b accuracy 0.650 >= 0.600"
+    assert d.failures == ()
+
+
+def test_floor_fails_with_its_numbers():
+    d = decide({"a": 0.9, "b": 0.55, "c": 0.8}, None, GateSpec(min_worst=0.6, max_gap=0.5))
+    assert not d.passed
+    floor = _check(d, "floor")
+    assert not floor.passed and floor.value == 0.55 and floor.threshold == 0.6
+    assert floor.detail == "worst silo b accuracy 0.550 < 0.600"
+    assert d.failures == (floor,)
+    assert d.summary() == floor.detail
+
+
+def test_floor_boundary_is_inclusive():
+    assert _check(decide({"a": 0.75}, None, GateSpec(min_worst=0.75)), "floor").passed
+
+
+# --- gap -----------------------------------------------------------------------------------------
+
+
+def test_gap_fails_with_its_numbers():
+    d = decide({"a": 0.95, "b": 0.61}, None, GateSpec(min_worst=0.6, max_gap=0.3))
+    assert not d.passed
+    gap = _check(d, "gap")
+    assert not gap.passed and gap.value == pytest.approx(0.34) and gap.threshold == 0.3
+    assert gap.detail == "gap a - b = 0.340 > 0.300"
+    assert _check(d, "floor").passed
+    assert d.summary() == gap.detail
+
+
+def test_gap_boundary_is_inclusive_and_single_silo_has_no_gap():
+    assert _check(decide({"a": 0.75, "b": 0.5}, None, GateSpec(min_worst=0.5, max_gap=0.25)), "gap").passed
+    single = _check(decide({"a": 0.7}, None, GateSpec(max_gap=0.0)), "gap")
+    assert single.passed and single.value == 0.0
+
+
+def test_floor_and_gap_failures_are_both_reported():
+    d = decide({"a": 0.99, "b": 0.1}, None, GateSpec(min_worst=0.6, max_gap=0.3))
+    assert [c.name for c in d.failures] == ["floor", "gap"]
+    assert d.summary() == "worst silo b accuracy 0.100 < 0.600; gap a - b = 0.890 > 0.300"
+
+
+# --- regression ----------------------------------------------------------------------------------
+
+
+def test_regression_fails_with_its_numbers():
+    champion = {"a": 0.8, "b": 0.8}
+    d = decide({"a": 0.9, "b": 0.7}, champion, GateSpec(min_worst=0.6, max_gap=0.3, max_regression=0.05))
+    assert not d.passed
+    reg = _check(d, "regression")
+    assert not reg.passed and reg.value == pytest.approx(0.1) and reg.threshold == 0.05
+    assert reg.detail == "largest loss vs champion: b +0.100 > 0.050"
+
+
+def test_regression_passes_within_tolerance_and_on_improvement():
+    spec = GateSpec(min_worst=0.6, max_gap=0.3, max_regression=0.05)
+    small = _check(decide({"a": 0.77, "b": 0.85}, {"a": 0.8, "b": 0.8}, spec), "regression")
+    assert small.passed and small.value == pytest.approx(0.03)
+    assert small.detail == "largest loss vs champion: a +0.030 <= 0.050"
+    better = _check(decide({"a": 0.9, "b": 0.85}, {"a": 0.8, "b": 0.8}, spec), "regression")
+    assert better.passed and better.value == pytest.approx(-0.05)
+
+
+def test_champion_none_skips_regression():
+    d = decide({"a": 0.7, "b": 0.8}, None, GateSpec())
+    assert [c.name for c in d.checks] == ["floor", "gap"]
+    assert d.passed
+
+
+def test_regression_ignores_silos_the_champion_has_no_value_for():
+    spec = GateSpec(min_worst=0.0, max_gap=1.0, max_regression=0.05)
+    # "c" is new and "b" was undefined for the champion: only "a" can regress, and it improved.
+    d = decide({"a": 0.9, "b": 0.1, "c": 0.2}, {"a": 0.8, "b": NAN}, spec)
+    reg = _check(d, "regression")
+    assert reg.passed and reg.value == pytest.approx(-0.1)
+    no_overlap = decide({"a": 0.9}, {"z": 0.99}, spec)
+    assert [c.name for c in no_overlap.checks] == ["floor", "gap"]
+
+
+def test_regression_ignores_silos_undefined_for_the_candidate():
+    spec = GateSpec(min_worst=0.0, max_gap=1.0, max_regression=0.05)
+    d = decide({"a": 0.8, "b": NAN}, {"a": 0.8, "b": 0.99}, spec)
+    reg = _check(d, "regression")
+    assert reg.passed and reg.value == 0.0
+
+
+# --- log loss: lower is better -------------------------------------------------------------------
+
+
+def test_log_loss_floor_is_a_ceiling():
+    spec = GateSpec(metric="log_loss", min_worst=0.6, max_gap=0.3)
+    ok = decide({"a": 0.4, "b": 0.5}, None, spec)
+    assert ok.passed
+    floor = _check(ok, "floor")
+    assert floor.value == 0.5 and floor.detail == "worst silo b log_loss 0.500 <= 0.600"
+    bad = decide({"a": 0.4, "b": 0.7}, None, spec)
+    floor = _check(bad, "floor")
+    assert not floor.passed and floor.value == 0.7
+    assert floor.detail == "worst silo b log_loss 0.700 > 0.600"
+    gap = _check(bad, "gap")
+    assert gap.value == pytest.approx(0.3) and gap.detail.startswith("gap a - b = 0.300")
+
+
+def test_log_loss_regression_is_an_increase():
+    spec = GateSpec(metric="log_loss", min_worst=1.0, max_gap=1.0, max_regression=0.05)
+    worse = decide({"a": 0.4, "b": 0.3}, {"a": 0.3, "b": 0.3}, spec)
+    reg = _check(worse, "regression")
+    assert not reg.passed and reg.value == pytest.approx(0.1)
+    assert reg.detail == "largest loss vs champion: a +0.100 > 0.050"
+    better = decide({"a": 0.2, "b": 0.3}, {"a": 0.3, "b": 0.3}, spec)
+    assert _check(better, "regression").passed and better.passed
+
+
+# --- undefined values ----------------------------------------------------------------------------
+
+
+def test_nan_silos_are_listed_as_undefined_and_excluded():
+    d = decide({"c": 0.8, "b": NAN, "a": 0.9, "z": NAN}, None, GateSpec(metric="roc_auc", min_worst=0.7, max_gap=0.15))
+    assert d.undefined == ("b", "z")
+    assert d.passed
+    assert _check(d, "floor").value == 0.8
+    assert _check(d, "gap").value == pytest.approx(0.1)
+    assert d.metric == "roc_auc"
+
+
+@pytest.mark.parametrize("candidate", [{"a": NAN, "b": NAN}, {}], ids=["all-nan", "empty"])
+def test_no_defined_value_fails_with_a_coverage_check(candidate):
+    d = decide(candidate, {"a": 0.9}, GateSpec(metric="roc_auc"))
+    assert not d.passed
+    assert len(d.checks) == 1
+    coverage = d.checks[0]
+    assert coverage.name == "coverage" and not coverage.passed
+    assert (coverage.value, coverage.threshold) == (0.0, 1.0)
+    assert d.undefined == tuple(sorted(candidate))
+    assert d.summary() == "no silo has a defined roc_auc on its holdout"
+
+
+# --- differential: a plain re-statement of the rules -----------------------------------------------
+
+
+def _reference_passes(candidate, champion, spec):
+    higher = spec.metric != "log_loss"
+    values = [v for v in candidate.values() if not math.isnan(v)]
+    if not values:
+        return False
+    worst = min(values) if higher else max(values)
+    floor = worst >= spec.min_worst if higher else worst <= spec.min_worst
+    gap = max(values) - min(values) <= spec.max_gap
+    regression = True
+    if champion is not None:
+        for silo, value in candidate.items():
+            before = champion.get(silo, NAN)
+            if math.isnan(value) or math.isnan(before):
+                continue
+            loss = before - value if higher else value - before
+            regression = regression and loss <= spec.max_regression
+    return floor and gap and regression
+
+
+metric_values = st.one_of(st.floats(0.0, 1.0), st.just(NAN))
+silo_maps = st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e"]), metric_values, max_size=5)
+
+
+@PROPERTY
+@given(
+    candidate=silo_maps,
+    champion=st.one_of(st.none(), silo_maps),
+    spec=st.builds(
+        GateSpec,
+        metric=st.sampled_from(["accuracy", "roc_auc", "log_loss"]),
+        min_worst=st.floats(0.0, 1.0),
+        max_gap=st.floats(0.0, 1.0),
+        max_regression=st.floats(0.0, 0.5),
+    ),
+)
+def test_decide_agrees_with_a_plain_statement_of_the_rules(candidate, champion, spec):
+    d = decide(candidate, champion, spec)
+    assert d.passed == _reference_passes(candidate, champion, spec)
+    assert d.passed == all(c.passed for c in d.checks)
+    assert set(d.undefined) == {s for s, v in candidate.items() if math.isnan(v)}
+    assert list(d.undefined) == sorted(d.undefined)
+    assert all(not math.isnan(c.value) for c in d.checks)
