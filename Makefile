@@ -7,10 +7,11 @@ PY     := $(VENV)/bin/python
 
 # torch first, pinned to the CPU build (2.13.0), so that nothing later pulls CUDA wheels.
 $(VENV)/.installed: pyproject.toml
+	@echo "installing torch 2.13.0 (CPU) and fedsilo with its dependencies into $(VENV) (about 2 minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
-	touch $@
+	$(PY) -m pip install -qq torch==2.13.0
+	$(PY) -m pip install -qq -e ".[test]"
+	@touch $@
 
 install: $(VENV)/.installed
 

@@ -84,7 +84,7 @@ def run(
     preflight(tracker.uri)
     configure_embedded(state)
     api = EphemeralApi().start()
-    out.print(f"[dim]state folder {state.root} · tracking {tracker.uri}[/]")
+    out.print(f"[dim]state folder {state.root} · tracking {tracker.uri}[/]", soft_wrap=True)
 
     from flows.console import ConsoleReporter
     from flows.training import training_flow
@@ -113,15 +113,16 @@ def _where_to_look(federation, state, tracker, result) -> None:
     else:
         out.print("[bold yellow]no champion[/]: no round passed the fairness gate; the newest version is 'candidate'")
     uri = tracker.uri
+    mlflow_cmd, prefect_cmd, python_cmd = _tool("mlflow"), _tool("prefect"), _tool("python")
     out.print(f"registered model: [bold]models:/{federation.federation}@champion[/] "
               f"(newest: models:/{federation.federation}@candidate = v{last['version']})")
     out.print("where to look:")
-    out.print(f"  MLflow UI   mlflow ui --backend-store-uri {uri} --port 5000   → http://127.0.0.1:5000", soft_wrap=True)
-    out.print(f"  Prefect UI  PREFECT_HOME={state.prefect_home} prefect server start   → http://127.0.0.1:4200", soft_wrap=True)
-    out.print(f"  score       MLFLOW_TRACKING_URI={uri} python -c \"import mlflow, pandas as pd; "
+    out.print(f"  MLflow UI   {mlflow_cmd} ui --backend-store-uri {uri} --port 5000   → http://127.0.0.1:5000", soft_wrap=True)
+    out.print(f"  Prefect UI  PREFECT_HOME={state.prefect_home} {prefect_cmd} server start   → http://127.0.0.1:4200", soft_wrap=True)
+    out.print(f"  score       MLFLOW_TRACKING_URI={uri} {python_cmd} -c \"import mlflow, pandas as pd; "
               f"m = mlflow.pyfunc.load_model('models:/{federation.federation}@champion'); "
               f"print(m.predict(pd.read_parquet('{federation.silo_data_path(federation.silo_ids[0])}')))\"", soft_wrap=True)
-    out.print(f"  status      fedsilo status {federation.source}", soft_wrap=True)
+    out.print(f"  status      {_tool('fedsilo')} status {_short(federation.source)}", soft_wrap=True)
 
 
 @app.command()
@@ -142,8 +143,7 @@ def validate(config: ConfigArg) -> None:
         try:
             summary = validate_table(read_table(federation.silo_data_path(silo), silo), federation.contract, silo)
         except FedsiloError as exc:
-            summary = ValidationSummary(silo=silo, passed=False, contract_hash=federation.contract.contract_hash(),
-                                        schema_hash=None, n_rows=0, n_train=0, n_holdout=0, problems=(str(exc),))
+            summary = ValidationSummary.unreadable(silo, federation.contract.contract_hash(), str(exc))
         failed += not summary.passed
         table.add_row(
             silo, str(summary.n_rows), str(summary.n_train), str(summary.n_holdout),
@@ -217,8 +217,21 @@ def demo_data(
         table.add_column(column, justify="left" if column in ("silo", "file") else "right")
     for report in write_heart_silos(federation):
         table.add_row(report.silo, str(report.rows), str(report.train), str(report.holdout),
-                      f"{report.positive_fraction:.0%}", str(report.path))
+                      f"{report.positive_fraction:.0%}", _short(report.path))
     out.print(table)
+
+
+def _tool(name: str) -> str:
+    """How to call a command installed next to this Python (e.g. `.venv/bin/mlflow`)."""
+    candidate = Path(sys.executable).parent / name
+    return _short(candidate) if candidate.exists() else name
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def main() -> None:

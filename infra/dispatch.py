@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -27,7 +27,6 @@ class SiloOutcome:
     manifest: dict[str, Any] | None
     error: str | None = None
     wall_s: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def answered(self) -> bool:

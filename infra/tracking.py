@@ -194,7 +194,6 @@ class Tracker:
         round_number: int,
         vector: np.ndarray,
         spec: Mapping[str, object],
-        signature,
         tags: Mapping[str, str],
     ) -> str:
         """Log the round's pyfunc model in its run and register it as a new version with `tags`."""
@@ -222,7 +221,7 @@ class Tracker:
                         artifacts={"weights": str(weights), "spec": str(spec_path)},
                         code_paths=[str(Path(fl_core.__file__).parent)],
                         pip_requirements=requirements,
-                        signature=signature,
+                        metadata={"fedsilo_contract_hash": spec.get("contract_hash", "")},
                         step=round_number,
                     )
             except Exception as exc:  # MLflow raises several types here; all mean "not logged"

@@ -18,5 +18,6 @@ def model_card(contract: DataContract, model_spec, federation: str, round_number
         "federation": federation,
         "round": round_number,
         "contract": asdict(contract),
+        "contract_hash": contract.contract_hash(),
         "model": asdict(model_spec),
     }

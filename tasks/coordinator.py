@@ -315,6 +315,37 @@ def _gate_json(gate: GateDecision) -> dict:
     }
 
 
+def _lineage_tags(
+    config: FederationConfig, plan: RoundPlan, aggregated: Aggregate, gate: GateDecision, fingerprints: dict, job_run_id: str
+) -> dict[str, str]:
+    """The tags a model version carries so that an auditor can trace it: where it came from (parent
+    version, exchange object and digest), what went in (silos, data fingerprints, config and code
+    versions) and why it was or was not promoted."""
+    training = aggregated.training
+    lineage = {
+        f"{TAG}federation": config.federation,
+        f"{TAG}round": str(plan.round_number),
+        f"{TAG}parent_version": plan.parent_version or "none",
+        f"{TAG}silos_in": ",".join(training.silos_in),
+        f"{TAG}silos_out": json.dumps(training.out, sort_keys=True) if training.out else "none",
+        f"{TAG}config_hash": config.config_hash(),
+        f"{TAG}contract_hash": config.contract.contract_hash(),
+        f"{TAG}code_version": code_version(),
+        f"{TAG}aggregation": config.aggregation.rule,
+        f"{TAG}global_sha256": aggregated.global_ref.sha256,
+        f"{TAG}exchange_key": aggregated.global_ref.key,
+        f"{TAG}job_run_id": job_run_id,
+        f"{TAG}gate": "passed" if gate.passed else "failed",
+        f"{TAG}gate.metric": gate.metric,
+        f"{TAG}gate.summary": gate.summary(),
+    }
+    for check in gate.checks:
+        lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
+    for silo, fp in fingerprints.items():
+        lineage[f"{TAG}data.{silo}"] = json.dumps(fp, sort_keys=True)
+    return lineage
+
+
 @task(name="record-round", cache_policy=NONE, persist_result=False)
 def record_round(
     config: FederationConfig,
@@ -357,27 +388,7 @@ def record_round(
         "config_hash": config.config_hash(),
         "code_version": code_version(),
     }
-    lineage = {
-        f"{TAG}federation": config.federation,
-        f"{TAG}round": str(r),
-        f"{TAG}parent_version": plan.parent_version or "none",
-        f"{TAG}silos_in": ",".join(training.silos_in),
-        f"{TAG}silos_out": json.dumps(training.out, sort_keys=True) if training.out else "none",
-        f"{TAG}config_hash": config.config_hash(),
-        f"{TAG}contract_hash": config.contract.contract_hash(),
-        f"{TAG}code_version": code_version(),
-        f"{TAG}aggregation": config.aggregation.rule,
-        f"{TAG}global_sha256": aggregated.global_ref.sha256,
-        f"{TAG}exchange_key": aggregated.global_ref.key,
-        f"{TAG}job_run_id": job_run_id,
-        f"{TAG}gate": "passed" if gate.passed else "failed",
-        f"{TAG}gate.metric": gate.metric,
-        f"{TAG}gate.summary": gate.summary(),
-    }
-    for check in gate.checks:
-        lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
-    for silo, fp in fingerprints.items():
-        lineage[f"{TAG}data.{silo}"] = json.dumps(fp, sort_keys=True)
+    lineage = _lineage_tags(config, plan, aggregated, gate, fingerprints, job_run_id)
 
     round_run = tracker.start_round(
         job_run_id, r, name=f"{config.federation}/r{r:03d}",
@@ -391,7 +402,7 @@ def record_round(
         else:
             vector = exchange.get_vector(aggregated.global_ref)
             version = tracker.register_round_model(
-                round_run, r, vector, model_card(config.contract, config.model, config.federation, r), None, lineage,
+                round_run, r, vector, model_card(config.contract, config.model, config.federation, r), lineage,
             )
         tracker.set_alias(CANDIDATE, version)
         if gate.passed:

@@ -25,13 +25,6 @@ from tasks.common import binding
 from validation import ValidationSummary, validate_table
 
 
-def _unreadable(config: FederationConfig, silo_id: str, reason: str) -> ValidationSummary:
-    return ValidationSummary(
-        silo=silo_id, passed=False, contract_hash=config.contract.contract_hash(), schema_hash=None,
-        n_rows=0, n_train=0, n_holdout=0, problems=(reason,),
-    )
-
-
 @task(name="load-and-validate", cache_policy=NONE, persist_result=False)
 def load_and_validate(config: FederationConfig, silo_id: str, state: StateDir) -> tuple[SiloData | None, ValidationSummary]:
     """Read the silo's table and check it against the contract (verdicts cached by file digest).
@@ -42,7 +35,7 @@ def load_and_validate(config: FederationConfig, silo_id: str, state: StateDir) -
         table = read_table(path, silo_id)
     except DataError as exc:
         get_run_logger().warning("sitting out: %s", exc)
-        return None, _unreadable(config, silo_id, str(exc))
+        return None, ValidationSummary.unreadable(silo_id, config.contract.contract_hash(), str(exc))
     cache = ValidationCache(state.silo(silo_id) / "validation")
     digest, contract_hash = file_digest(path), config.contract.contract_hash()
     summary = cache.get(digest, contract_hash)

@@ -51,6 +51,14 @@ class ValidationSummary:
     extra_columns: int = 0
     problems: tuple[str, ...] = field(default=())
 
+    @classmethod
+    def unreadable(cls, silo: str, contract_hash: str, reason: str) -> ValidationSummary:
+        """The verdict on data that could not even be read (a missing or corrupt file)."""
+        return cls(
+            silo=silo, passed=False, contract_hash=contract_hash, schema_hash=None,
+            n_rows=0, n_train=0, n_holdout=0, problems=(reason,),
+        )
+
     @property
     def failures(self) -> tuple[ExpectationOutcome, ...]:
         return tuple(o for o in self.outcomes if not o.success)

@@ -84,7 +84,7 @@ def test_demo_run_prints_the_round_table_and_where_to_look(demo):
         accuracies = [float(x) for x in row[1:6]]
         assert all(0.3 <= a <= 1.0 for a in accuracies)
     assert "models:/heart@champion" in out
-    assert f"mlflow ui --backend-store-uri sqlite:///{demo.state}/mlflow.db" in out
+    assert f"ui --backend-store-uri sqlite:///{demo.state}/mlflow.db" in out
     assert "Traceback" not in demo.run.stderr
 
 
