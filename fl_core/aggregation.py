@@ -47,7 +47,12 @@ class FedAvg:
             raise ValueError(f"server_lr must be a positive number, got {self.server_lr!r}")
 
     def step(self, global_vector: np.ndarray, deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-        mean_delta = weighted_mean(deltas, weights)
-        if mean_delta.shape != np.shape(global_vector):
-            raise AggregationError(f"updates have shape {mean_delta.shape}, the global model {np.shape(global_vector)}")
-        return (np.asarray(global_vector, dtype=np.float64) + self.server_lr * mean_delta).astype(np.float32)
+        return self.apply(global_vector, weighted_mean(deltas, weights))
+
+    def apply(self, global_vector: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
+        """The server step from an already averaged update (e.g. one decoded from a secure sum)."""
+        if np.shape(mean_delta) != np.shape(global_vector):
+            raise AggregationError(f"updates have shape {np.shape(mean_delta)}, the global model {np.shape(global_vector)}")
+        if not np.all(np.isfinite(mean_delta)):
+            raise AggregationError("the mean update holds NaN or infinite values")
+        return (np.asarray(global_vector, dtype=np.float64) + self.server_lr * np.asarray(mean_delta, dtype=np.float64)).astype(np.float32)

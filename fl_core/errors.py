@@ -50,3 +50,40 @@ class TrackingError(FedsiloError):
 
 class StateError(FedsiloError):
     """The federation's stored state does not fit the config (e.g. a different model)."""
+
+
+class SecAggError(FedsiloError):
+    """Secure aggregation refused a message or could not complete. Each subclass names one cause;
+    a message refused in a phase makes its sender count as dropped for the rest of the round."""
+
+
+class StaleMessage(SecAggError):
+    """A message bound to another federation, round or phase (e.g. a replay from round r - 1)."""
+
+
+class WrongSender(SecAggError):
+    """A message whose sender is not who it claims to be, or not expected in this phase."""
+
+
+class UnknownSilo(SecAggError):
+    """A message or share about a silo outside the round's participant set."""
+
+
+class WrongLength(SecAggError):
+    """A vector or share of the wrong size."""
+
+
+class BadSignature(SecAggError):
+    """A signature that does not verify. Deliberately says nothing more."""
+
+
+class BadCiphertext(SecAggError):
+    """An encrypted share that does not decrypt and authenticate. Deliberately says nothing more."""
+
+
+class ThresholdError(SecAggError, QuorumError):
+    """Fewer participants than the Shamir threshold: the round cannot be unmasked and changes nothing."""
+
+
+class HeadroomError(ConfigError):
+    """Quantisation settings under which the sum of the silos' updates could wrap around the modulus."""

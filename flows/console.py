@@ -42,7 +42,9 @@ class ConsoleReporter(Reporter):
         (self.progress.console if self.progress else self.console).print(text, soft_wrap=True, **kwargs)
 
     # -- events -------------------------------------------------------------------------------------
-    def job_started(self, federation: str, first_round: int, last_round: int, silos: list[str]) -> None:
+    def job_started(
+        self, federation: str, first_round: int, last_round: int, silos: list[str], phases_per_round: int = 2
+    ) -> None:
         self.silos = list(silos)
         self.first_round, self.last_round = first_round, last_round
         self.widths = [max(len(s), 6) for s in silos]
@@ -58,7 +60,7 @@ class ConsoleReporter(Reporter):
                 console=self.console, transient=True,
             )
             self.progress.start()
-            total = (last_round - first_round + 1) * 2 * len(silos)
+            total = (last_round - first_round + 1) * phases_per_round * len(silos)
             self.task_id = self.progress.add_task("starting", total=total)
 
     def phase_started(self, round_number: int, phase: str, silos: list[str]) -> None:
@@ -70,8 +72,9 @@ class ConsoleReporter(Reporter):
             self.progress.update(
                 self.task_id, advance=1, description=f"round {round_number}/{self.last_round} · {phase} · {silo}"
             )
-        if not ok and phase == "train":
-            self._print(f"  [yellow]{silo} sits out round {round_number}:[/] {detail}", highlight=False)
+        if not ok and phase != "evaluate":
+            verb = "sits out" if phase == "train" else f"dropped at {phase} in"
+            self._print(f"  [yellow]{silo} {verb} round {round_number}:[/] {detail}", highlight=False)
 
     def round_done(self, record: dict[str, Any]) -> None:
         self.records.append(record)

@@ -1,4 +1,10 @@
-"""The round flow: dispatch training to every silo, aggregate, evaluate on every holdout, record."""
+"""The round flow: dispatch training to every silo, aggregate (securely by default), evaluate on
+every holdout, record.
+
+Secure mode runs the secure-aggregation protocol as silo phases between training and evaluation:
+train (+ advertise keys) -> shares -> masked -> unmask, each followed by the coordinator's check
+of what arrived. Trusted mode has the silos publish their updates and averages them directly.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +19,69 @@ from infra.dispatch import Dispatcher, InProcessDispatcher, SiloCall, SiloOutcom
 from infra.progress import reporter
 from infra.state import resolve_state_dir
 from tasks.coordinator import aggregate, assess, log_validations, plan_round, record_round
+from tasks.secure_coordinator import secure_keys, secure_masked, secure_open, secure_shares, secure_unmask
 
 
 def make_dispatcher() -> Dispatcher:
     return InProcessDispatcher(silo_flow)
 
 
-def _phase(dispatcher: Dispatcher, config, config_path: str, round_number: int, phase: str, models: dict) -> list[SiloOutcome]:
-    reporter().phase_started(round_number, phase, config.silo_ids)
-    calls = [
-        SiloCall(
-            silo_id=silo,
-            parameters={
-                "federation": config.federation, "silo_id": silo, "round_number": round_number,
-                "phase": phase, "models": models, "config_path": config_path,
-            },
-        )
-        for silo in config.silo_ids
-    ]
+def phases_per_round(mode: str) -> int:
+    """Silo phases per round (for progress displays): train, evaluate, and the protocol's three."""
+    return 5 if mode == "secure" else 2
 
-    def done(outcome: SiloOutcome) -> None:
-        manifest = outcome.manifest or {}
-        ok = manifest.get("status") == "ok"
-        reporter().silo_done(round_number, phase, outcome.silo_id, ok, manifest.get("reason") or outcome.error or "")
 
-    return dispatcher.run(calls, on_done=done)
+class _Round:
+    """Wiring shared by both aggregation paths: dispatch a phase to some silos, time it."""
+
+    def __init__(self, dispatcher: Dispatcher, config, config_path: str, round_number: int):
+        self.dispatcher, self.config, self.config_path, self.round_number = dispatcher, config, config_path, round_number
+        self.timings: dict[str, float] = {}
+
+    def phase(self, phase: str, silos: list[str], refs: dict, timing: str) -> list[SiloOutcome]:
+        reporter().phase_started(self.round_number, phase, silos)
+        calls = [
+            SiloCall(
+                silo_id=silo,
+                parameters={
+                    "federation": self.config.federation, "silo_id": silo, "round_number": self.round_number,
+                    "phase": phase, "refs": refs, "config_path": self.config_path,
+                },
+            )
+            for silo in silos
+        ]
+
+        def done(outcome: SiloOutcome) -> None:
+            manifest = outcome.manifest or {}
+            ok = manifest.get("status") == "ok"
+            reporter().silo_done(self.round_number, phase, outcome.silo_id, ok, manifest.get("reason") or outcome.error or "")
+
+        began = time.perf_counter()
+        outcomes = self.dispatcher.run(calls, on_done=done)
+        self.timings[timing] = time.perf_counter() - began
+        return outcomes
+
+
+def _trusted(run: _Round, config_q, state, plan, job_run_id: str):
+    trained = run.phase("train", run.config.silo_ids, {"global": plan.global_ref.to_dict()}, "train_phase_s")
+    log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
+    return aggregate(config_q, state, quote(plan), quote(trained))
+
+
+def _secure(run: _Round, config_q, state, plan, job_run_id: str):
+    sr = secure_open(config_q, state, quote(plan), plan.n_parameters)
+    trained = run.phase("train", run.config.silo_ids, {"global": plan.global_ref.to_dict()}, "train_phase_s")
+    log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
+    sr = secure_keys(config_q, state, quote(sr), quote(trained))
+    shared = run.phase("shares", sr.adverts.u1, {}, "secagg.shares_s")
+    sr = secure_shares(config_q, state, quote(sr), quote(shared))
+    masked = run.phase("masked", sr.shares.u2, {}, "secagg.masked_s")
+    sr = secure_masked(config_q, state, quote(sr), quote(masked))
+    revealed = run.phase("unmask", sr.masked.survivors, {}, "secagg.unmask_s")
+    return secure_unmask(config_q, state, quote(sr), quote(plan), quote(revealed))
+
+
+AGGREGATION = {"secure": _secure, "trusted": _trusted}
 
 
 @flow(name="round", flow_run_name="{federation}/r{round_number:03d}", persist_result=False, log_prints=False)
@@ -45,35 +89,26 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
     started = time.time()
     config = load_config(config_path)
     state = resolve_state_dir()
-    dispatcher = make_dispatcher()
+    run = _Round(make_dispatcher(), config, config_path, round_number)
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     config_q = quote(config)
     plan = plan_round(config_q, state, round_number)
-
-    t0 = time.perf_counter()
-    trained = _phase(dispatcher, config, config_path, round_number, "train", {"global": plan.global_ref.to_dict()})
-    train_phase_s = time.perf_counter() - t0
-    log_validations(config_q, state, job_run_id, round_number, "train", quote(trained))
-    aggregated = aggregate(config_q, state, quote(plan), quote(trained))
+    aggregated = AGGREGATION[config.aggregation.mode](run, config_q, state, plan, job_run_id)
 
     models = {"candidate": aggregated.global_ref.to_dict()}
     if plan.champion_ref is not None:
         models["champion"] = plan.champion_ref.to_dict()
-    t0 = time.perf_counter()
-    evaluated = _phase(dispatcher, config, config_path, round_number, "evaluate", models)
-    evaluate_phase_s = time.perf_counter() - t0
+    evaluated = run.phase("evaluate", config.silo_ids, models, "evaluate_phase_s")
     log_validations(config_q, state, job_run_id, round_number, "evaluate", quote(evaluated))
     assessment = assess(config_q, state, quote(plan), quote(evaluated))
 
     train_compute = sum(m.get("compute_s", 0.0) for m in aggregated.training.manifests.values())
     timings = {
         "started_at": started,
-        "train_phase_s": train_phase_s,
-        "evaluate_phase_s": evaluate_phase_s,
+        **run.timings,
         "aggregate_s": aggregated.aggregate_s,
         "compute_s": train_compute + assessment.compute_s,
     }
     record = record_round(config_q, state, job_run_id, quote(plan), quote(aggregated), quote(assessment), timings)
     reporter().round_done(record)
     return record
-

@@ -1,9 +1,12 @@
 """The silo flow: what one silo does in one phase of one round, on its own side.
 
 Phase ``train``: load and validate its data -> train from the global model -> evaluate the local
-model -> hand back its update. Phase ``evaluate``: load and validate -> score the candidate (and
-the champion) on its holdout. A silo whose data fails the contract sits the phase out and says why,
-row-free. The flow accepts plain parameters only and returns a small JSON manifest.
+model -> hand back its update: in trusted mode the delta itself, in secure mode (the default) it
+keeps the delta and advertises its round keys. Phases ``shares``, ``masked``, ``unmask``: the
+secure-aggregation protocol (no data is read). Phase ``evaluate``: load and validate -> score the
+candidate (and the champion) on its holdout. A silo whose data fails the contract sits the phase
+out and says why, row-free. The flow accepts plain parameters only and returns a small JSON
+manifest.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from prefect.utilities.annotations import quote
 from fl_core.errors import ConfigError
 from infra.config import FederationConfig, load_config
 from infra.state import resolve_state_dir
-from tasks.silo import evaluate_models, load_and_validate, train_and_upload
+from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
+from tasks.silo import evaluate_models, load_and_validate, train_and_keep, train_and_upload
 
-Phase = Literal["train", "evaluate"]
+Phase = Literal["train", "shares", "masked", "unmask", "evaluate"]
+PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_shares}
 
 
 def silo_run_name() -> str:
@@ -43,19 +48,25 @@ def silo_flow(
     silo_id: str,
     round_number: int,
     phase: Phase,
-    models: dict[str, dict],
+    refs: dict[str, dict],
     config_path: str,
 ) -> dict:
     config = silo_config(config_path, federation, silo_id)
     state = resolve_state_dir()
     manifest = {"federation": federation, "round": round_number, "phase": phase, "silo": silo_id}
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
+    if phase in PROTOCOL_TASKS:
+        return {**manifest, "status": "ok", **PROTOCOL_TASKS[phase](quote(config), silo_id, round_number, state)}
     data, summary = load_and_validate(quote(config), silo_id, state)
     manifest["validation"] = summary.to_dict()
     if data is None:
         return {**manifest, "status": "sat_out", "reason": summary.verdict()}
-    if phase == "train":
-        result = train_and_upload(quote(config), silo_id, round_number, models["global"], quote(data), state)
+    if phase == "evaluate":
+        result = evaluate_models(quote(config), silo_id, round_number, refs, quote(data), state)
+    elif config.aggregation.mode == "trusted":
+        result = train_and_upload(quote(config), silo_id, round_number, refs["global"], quote(data), state)
     else:
-        result = evaluate_models(quote(config), silo_id, round_number, models, quote(data), state)
+        report = train_and_keep(quote(config), silo_id, round_number, refs["global"], quote(data), state)
+        keys = advertise_keys(quote(config), silo_id, round_number, state)
+        result = {**report, "objects": keys["objects"], "bytes": keys["bytes"], "crypto_s": keys["crypto_s"]}
     return {**manifest, "status": "ok", **result}

@@ -7,7 +7,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from fl_core.errors import FedsiloError
-from flows.round import round_flow
+from flows.round import phases_per_round, round_flow
 from infra.config import load_config
 from infra.progress import reporter
 from infra.state import ensure_state_dir, resolve_state_dir
@@ -24,7 +24,9 @@ def training_flow(config_path: str, rounds: int | None = None) -> dict:
     config = load_config(config_path)
     state = ensure_state_dir(resolve_state_dir())
     job = start_job(quote(config), state, rounds)
-    reporter().job_started(config.federation, job.first_round, job.last_round, config.silo_ids)
+    reporter().job_started(
+        config.federation, job.first_round, job.last_round, config.silo_ids, phases_per_round(config.aggregation.mode)
+    )
     records = []
     try:
         for round_number in range(job.first_round, job.last_round + 1):

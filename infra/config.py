@@ -23,10 +23,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fl_core.aggregation import FedAvg
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, HeadroomError
 from fl_core.gate import GateSpec
 from fl_core.models import ModelSpec
 from fl_core.schema import DataContract
+from fl_core.secagg.spec import SecureSpec
 from fl_core.training import TrainSpec
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -48,9 +49,14 @@ class SiloConfig(_Section):
 
 
 class AggregationConfig(_Section):
+    """``mode: secure`` (default): the coordinator sees only the sum of the silos' updates;
+    ``mode: trusted``: it sees each update (only for an aggregator the silos trust, named explicitly)."""
+
+    mode: Literal["secure", "trusted"] = "secure"
     rule: Literal["fedavg"] = "fedavg"
     server_lr: float = 1.0
     min_silos: int = Field(default=2, ge=1)
+    secure: SecureSpec = SecureSpec()
 
     def fedavg(self) -> FedAvg:
         return FedAvg(server_lr=self.server_lr)
@@ -99,6 +105,11 @@ class FederationConfig(_Section):
             raise ValueError(
                 f"aggregation.min_silos = {self.aggregation.min_silos} exceeds the {len(self.silos)} silos in the roster"
             )
+        if self.aggregation.mode == "secure":
+            try:
+                self.aggregation.secure.check(len(self.silos))
+            except (ValueError, HeadroomError) as exc:
+                raise ValueError(f"aggregation.secure: {exc}") from None
         return self
 
     # -- derived -----------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ def _format(error: ValidationError) -> list[str]:
         if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"{where}: unknown key (value {item['input']!r})")
         elif item["type"] in ("value_error", "assertion_error"):
-            lines.append(f"{where}: {message}")
+            lines.append(f"{where}: {message}" if item["loc"] else message)  # roster checks name their keys
         elif item["type"] == "missing" or item["type"] == "missing_keyword_argument":
             lines.append(f"{where}: required key missing")
         else:

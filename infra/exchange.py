@@ -171,7 +171,7 @@ class Exchange:
         try:
             table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
             vector = table.column("values").to_numpy().astype(np.float32, copy=True)  # writable, owned
-        except (pa.ArrowInvalid, KeyError):
+        except (pa.ArrowException, OSError, KeyError):
             raise IntegrityError(f"{ref.key}: not a vector file") from None
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         for name, value in (expect or {}).items():

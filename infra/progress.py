@@ -15,7 +15,9 @@ from typing import Any
 class Reporter:
     """Base reporter: every event is a no-op. The CLI subclasses it."""
 
-    def job_started(self, federation: str, first_round: int, last_round: int, silos: list[str]) -> None: ...
+    def job_started(
+        self, federation: str, first_round: int, last_round: int, silos: list[str], phases_per_round: int = 2
+    ) -> None: ...
 
     def phase_started(self, round_number: int, phase: str, silos: list[str]) -> None: ...
 

@@ -43,6 +43,7 @@ class JobStart:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoundPlan:
     round_number: int
+    n_parameters: int
     global_ref: ObjectRef
     parent_version: str | None
     champion_version: str | None
@@ -68,6 +69,7 @@ class Aggregate:
     global_ref: ObjectRef
     training: Participation
     aggregate_s: float
+    secure: dict | None = None  # secure aggregation's counts: masked, dropped, recovered, bytes per silo
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +167,7 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
                             "the gate skips the regression check")
     return RoundPlan(
         round_number=round_number,
+        n_parameters=count(_initial_model(config)),
         global_ref=ObjectRef.from_dict(previous["global"]),
         parent_version=previous.get("version"),
         champion_version=champion.version if champion else None,
@@ -298,6 +301,14 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
         metrics[f"silo.{silo}.n_train"] = float(manifest["n_samples"])
     metrics["silos.in"] = float(len(aggregated.training.silos_in))
     metrics["silos.out"] = float(len(aggregated.training.out))
+    if aggregated.secure is not None:
+        stats = aggregated.secure
+        metrics["secagg.masked"] = float(stats["masked"])
+        metrics["secagg.dropped"] = float(stats["dropped"])
+        metrics["secagg.recovered"] = float(stats["recovered"])
+        metrics["secagg.clipped"] = float(len(stats["clipped"]))
+        for silo, sent in stats["bytes"].items():
+            metrics[f"secagg.bytes.{silo}"] = float(sent)
     metrics["gate.passed"] = 1.0 if assessment.gate.passed else 0.0
     for check in assessment.gate.checks:
         metrics[f"gate.{check.name}"] = check.value
@@ -331,7 +342,7 @@ def _lineage_tags(
         f"{TAG}config_hash": config.config_hash(),
         f"{TAG}contract_hash": config.contract.contract_hash(),
         f"{TAG}code_version": code_version(),
-        f"{TAG}aggregation": config.aggregation.rule,
+        f"{TAG}aggregation": f"{config.aggregation.mode}/{config.aggregation.rule}",
         f"{TAG}global_sha256": aggregated.global_ref.sha256,
         f"{TAG}exchange_key": aggregated.global_ref.key,
         f"{TAG}job_run_id": job_run_id,
@@ -339,6 +350,12 @@ def _lineage_tags(
         f"{TAG}gate.metric": gate.metric,
         f"{TAG}gate.summary": gate.summary(),
     }
+    if aggregated.secure is not None:
+        stats = aggregated.secure
+        lineage[f"{TAG}secagg"] = (
+            f"threshold {stats['threshold']}, masked {stats['masked']}, dropped {stats['dropped']}, "
+            f"recovered {','.join(stats['recovered_silos']) or 'none'}"
+        )
     for check in gate.checks:
         lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
     for silo, fp in fingerprints.items():
@@ -383,6 +400,7 @@ def record_round(
         "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
         "champion_version_before": plan.champion_version,
         "pooled": assessment.pooled,
+        "secure": aggregated.secure,
         "gate": _gate_json(gate),
         "data": fingerprints,
         "config_hash": config.config_hash(),

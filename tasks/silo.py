@@ -19,6 +19,7 @@ from fl_core.seeding import derive_seed
 from fl_core.training import train_local
 from infra.config import FederationConfig
 from infra.exchange import ObjectRef, exchange_for
+from infra.keystore import RoundSecrets
 from infra.silo_data import SiloData, ValidationCache, encode_table, file_digest, read_table
 from infra.state import StateDir
 from tasks.common import binding
@@ -58,15 +59,11 @@ def _load_model(config: FederationConfig, exchange, ref: ObjectRef, n_inputs: in
     return model, vector
 
 
-@task(name="train", cache_policy=NONE, persist_result=False)
-def train_and_upload(
-    config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
-) -> dict:
-    """Train from the round's global model and publish the delta; returns the update manifest."""
+def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir):
+    """Train from the round's global model; returns the delta and what the manifest reports."""
     exchange = exchange_for(config, state)
-    n_inputs = data.x_train.shape[1]
     model, start = _load_model(
-        config, exchange, ObjectRef.from_dict(global_ref), n_inputs,
+        config, exchange, ObjectRef.from_dict(global_ref), data.x_train.shape[1],
         expect={"federation": config.federation, "round": round_number - 1, "phase": "global"},
     )
     began = time.perf_counter()
@@ -74,20 +71,38 @@ def train_and_upload(
         model, data.x_train, data.y_train, config.training, seed=derive_seed(config.seed, "train", round_number, silo_id)
     )
     local = evaluate(model, data.x_holdout, data.y_holdout)
-    compute_s = time.perf_counter() - began
-    delta = flatten(model) - start
-    ref = exchange.put_vector(
-        exchange.update_key(round_number, silo_id), delta,
-        binding(config.federation, round_number, "train", silo_id, n_samples=result.n_samples),
-    )
-    return {
-        "update": ref.to_dict(),
+    report = {
         "n_samples": result.n_samples,
         "steps": result.steps,
         "train_loss": result.mean_loss,
         "local_metrics": local.to_dict(),
-        "compute_s": compute_s,
+        "compute_s": time.perf_counter() - began,
     }
+    return flatten(model) - start, report
+
+
+@task(name="train", cache_policy=NONE, persist_result=False)
+def train_and_upload(
+    config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
+) -> dict:
+    """Trusted aggregation: train and publish the delta itself to the exchange."""
+    delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+    exchange = exchange_for(config, state)
+    ref = exchange.put_vector(
+        exchange.update_key(round_number, silo_id), delta,
+        binding(config.federation, round_number, "train", silo_id, n_samples=report["n_samples"]),
+    )
+    return {**report, "update": ref.to_dict()}
+
+
+@task(name="train", cache_policy=NONE, persist_result=False)
+def train_and_keep(
+    config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
+) -> dict:
+    """Secure aggregation: train and keep the delta on the silo's disk until it is masked."""
+    delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+    RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"])
+    return report
 
 
 @task(name="evaluate", cache_policy=NONE, persist_result=False)

@@ -96,8 +96,15 @@ def test_job_registers_one_version_per_round_with_lineage(federation, state_home
     assert exchange(state_home).committed_rounds() == [0, 1, 2]
 
 
-def test_pipeline_reproduces_in_memory_fedavg_bit_for_bit(federation, state_home):
-    config_path = federation(3, seed=5)
+TRUSTED = {"mode": "trusted", "rule": "fedavg", "min_silos": 2}
+
+
+@pytest.mark.parametrize("mode", ["trusted", "secure"])
+def test_pipeline_reproduces_in_memory_fedavg(federation, state_home, mode):
+    """Trusted mode: bit for bit. Secure mode: within quantisation error (24 bits, clip 10: a step
+    of 1.2e-6 per coordinate and silo)."""
+    overrides = {"aggregation": TRUSTED} if mode == "trusted" else {}
+    config_path = federation(3, seed=5, overrides=overrides)
     config = load_config(config_path)
     result = train(config_path, rounds=3)
 
@@ -109,7 +116,11 @@ def test_pipeline_reproduces_in_memory_fedavg_bit_for_bit(federation, state_home
         silos[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
     reference = fedavg_rounds(silos, config.model, config.training, config.seed, rounds=3)
     assert pipeline.dtype == np.float32
-    assert np.array_equal(pipeline, reference)
+    if mode == "trusted":
+        assert np.array_equal(pipeline, reference)
+    else:
+        np.testing.assert_allclose(pipeline, reference, rtol=0, atol=1e-4)
+        assert not np.array_equal(pipeline, reference)  # it really went through quantisation
 
 
 def test_flow_runs_are_named_for_people(federation, state_home):
@@ -132,11 +143,12 @@ def test_silos_return_plain_json_manifests_without_vectors(federation, state_hom
     monkeypatch.setattr(flows.round, "make_dispatcher", lambda: RecordingDispatcher(flows.round.silo_flow))
     train(federation(2), rounds=1)
 
-    assert len(RecordingDispatcher.seen) == 4  # 2 silos x (train, evaluate)
+    assert len(RecordingDispatcher.seen) == 10  # 2 silos x (train, shares, masked, unmask, evaluate)
     for outcome in RecordingDispatcher.seen:
         json.dumps(outcome.manifest)  # JSON, nothing pickled
-        if outcome.manifest["phase"] == "train":
-            assert set(outcome.manifest["update"]) == {"key", "sha256", "size"}  # a reference, not the vector
+        assert "update" not in outcome.manifest  # secure mode: the update never leaves the silo as such
+        for ref in outcome.manifest.get("objects", []):
+            assert set(ref) == {"key", "sha256", "size"}  # references, not the vectors
 
         def longest_list(node) -> int:
             if isinstance(node, dict):
@@ -233,7 +245,7 @@ def test_an_interrupted_round_is_redone_and_registered_once(federation, state_ho
     assert store.committed_rounds() == [0, 1, 2]
 
 
-def test_a_tampered_update_is_rejected(federation, state_home, monkeypatch):
+def test_a_tampered_update_is_rejected_in_trusted_mode(federation, state_home, monkeypatch):
     import flows.round
 
     class Tampering(InProcessDispatcher):
@@ -248,7 +260,7 @@ def test_a_tampered_update_is_rejected(federation, state_home, monkeypatch):
             return outcomes
 
     monkeypatch.setattr(flows.round, "make_dispatcher", lambda: Tampering(flows.round.silo_flow))
-    record = train(federation(3), rounds=1)["rounds"][0]
+    record = train(federation(3, overrides={"aggregation": TRUSTED}), rounds=1)["rounds"][0]
     assert record["silos_in"] == ["s1", "s2"]
     assert "digest" in record["silos_out"]["s0"]
 
@@ -258,7 +270,7 @@ def test_a_silo_refuses_a_request_for_another_federation(federation, state_home)
 
     config_path = federation(2)
     state = silo_flow(
-        federation="not-this-one", silo_id="s0", round_number=1, phase="train", models={}, config_path=str(config_path),
+        federation="not-this-one", silo_id="s0", round_number=1, phase="train", refs={}, config_path=str(config_path),
         return_state=True,
     )
     assert state.is_failed()

@@ -1,0 +1,288 @@
+"""A silo's side of secure aggregation, phase by phase (Bonawitz et al. 2017, §4, semi-honest
+setting with signatures against impersonation and replay).
+
+1. `advertise`: fresh X25519 key pairs for this round (one for share encryption, one for masks),
+   signed with the silo's long-term Ed25519 identity.
+2. `share_keys`: verify every peer's keys; draw the self-mask seed b; Shamir-share b and the mask
+   private key t-of-n among the round's participants U1; encrypt each peer's two shares to it
+   (AES-GCM, bound to sender, receiver and round); commit to b.
+3. `masked_input`: decrypt the shares addressed to this silo; add to the quantised update its
+   self mask PRG(b) and, for every other participant v in U2, +PRG(s_uv) if this silo comes
+   first in the roster and -PRG(s_uv) otherwise.
+4. `unmask`: given the survivors U3 (whose masked inputs the coordinator holds) and the dropped
+   D = U2 \\ U3, reveal the self-seed shares of survivors and the mask-key shares of the dropped;
+   never both for one silo, and only once per round.
+
+The state between phases (`ClientState`) holds the round's secrets: it stays on the silo's side
+(its state folder), never in an exchange object, a Prefect result, a log or MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fl_core.errors import SecAggError, ThresholdError, UnknownSilo, WrongLength, WrongSender
+from fl_core.secagg import crypto, prg, shamir
+
+KEYS, SHARES, MASKED, UNMASK = "keys", "shares", "masked", "unmask"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundContext:
+    """What every party agrees on for one round: the roster fixes each silo's share x-coordinate
+    (its 1-based position) and the sign of each pairwise mask."""
+
+    federation: str
+    round_number: int
+    roster: tuple[str, ...]
+    threshold: int
+
+    def __post_init__(self) -> None:
+        if len(set(self.roster)) != len(self.roster):
+            raise ValueError("roster repeats a silo")
+        if not len(self.roster) // 2 < self.threshold <= len(self.roster):
+            raise ValueError(
+                f"threshold must be in ({len(self.roster) // 2}, {len(self.roster)}] for {len(self.roster)} silos, "
+                f"got {self.threshold}"
+            )
+
+    def x(self, silo: str) -> int:
+        try:
+            return self.roster.index(silo) + 1
+        except ValueError:
+            raise UnknownSilo(f"{silo!r} is not in the round's roster") from None
+
+    def sign(self, me: str, other: str) -> int:
+        return 1 if self.x(me) < self.x(other) else -1
+
+    def header(self, phase: str, sender: str) -> dict[str, Any]:
+        return {"federation": self.federation, "round": self.round_number, "phase": phase, "sender": sender}
+
+    def check_set(self, name: str, silos: Sequence[str], within: Sequence[str] | None = None) -> list[str]:
+        members = list(silos)
+        if len(set(members)) != len(members):
+            raise WrongSender(f"{name} lists a silo twice")
+        for silo in members:
+            self.x(silo)
+            if within is not None and silo not in within:
+                raise UnknownSilo(f"{name} names {silo!r}, which is not in the previous phase's set")
+        if len(members) < self.threshold:
+            raise ThresholdError(f"{name} has {len(members)} silos, the threshold is {self.threshold}")
+        return sorted(members, key=self.x)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientState:
+    """One silo's secrets for one round (hex/JSON-able so it can be kept on the silo's disk)."""
+
+    silo: str
+    enc_private: bytes = field(repr=False)
+    mask_private: bytes = field(repr=False)
+    self_seed: bytes | None = field(default=None, repr=False)
+    peers: dict[str, dict[str, bytes]] = field(default_factory=dict, repr=False)  # v -> {"enc", "mask"} public keys
+    own_shares: dict[str, int] = field(default_factory=dict, repr=False)  # this silo's shares of its own secrets
+    held: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)  # sender -> {"seed", "mask"} shares
+    u2: tuple[str, ...] = ()
+    bad_senders: tuple[str, ...] = ()
+    answered: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "silo": self.silo,
+            "enc_private": self.enc_private.hex(),
+            "mask_private": self.mask_private.hex(),
+            "self_seed": None if self.self_seed is None else self.self_seed.hex(),
+            "peers": {v: {k: key.hex() for k, key in keys.items()} for v, keys in self.peers.items()},
+            "own_shares": {k: hex(v) for k, v in self.own_shares.items()},
+            "held": {v: {k: hex(s) for k, s in shares.items()} for v, shares in self.held.items()},
+            "u2": list(self.u2),
+            "bad_senders": list(self.bad_senders),
+            "answered": None if self.answered is None else [list(self.answered[0]), list(self.answered[1])],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ClientState:
+        try:
+            return cls(
+                silo=raw["silo"],
+                enc_private=bytes.fromhex(raw["enc_private"]),
+                mask_private=bytes.fromhex(raw["mask_private"]),
+                self_seed=None if raw["self_seed"] is None else bytes.fromhex(raw["self_seed"]),
+                peers={v: {k: bytes.fromhex(h) for k, h in keys.items()} for v, keys in raw["peers"].items()},
+                own_shares={k: int(v, 16) for k, v in raw["own_shares"].items()},
+                held={v: {k: int(s, 16) for k, s in shares.items()} for v, shares in raw["held"].items()},
+                u2=tuple(raw["u2"]),
+                bad_senders=tuple(raw["bad_senders"]),
+                answered=None if raw["answered"] is None else (tuple(raw["answered"][0]), tuple(raw["answered"][1])),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise SecAggError("the silo's secure-aggregation state is unreadable") from None
+
+
+# -- phase 1 -------------------------------------------------------------------------------------------
+def advertise(ctx: RoundContext, me: str, identity: Ed25519PrivateKey) -> tuple[ClientState, crypto.Envelope]:
+    ctx.x(me)
+    enc_private, enc_public = crypto.new_x25519()
+    mask_private, mask_public = crypto.new_x25519()
+    envelope = crypto.seal(identity, ctx.header(KEYS, me), {"enc": crypto.b64(enc_public), "mask": crypto.b64(mask_public)})
+    return ClientState(silo=me, enc_private=enc_private, mask_private=mask_private), envelope
+
+
+def read_advert(ctx: RoundContext, sender: str, envelope: crypto.Envelope, identity_public: bytes) -> dict[str, bytes]:
+    body = crypto.open_envelope(
+        envelope, identity_public, federation=ctx.federation, round_number=ctx.round_number, phase=KEYS, sender=sender
+    )
+    try:
+        return {"enc": crypto.unb64(body["enc"], 32), "mask": crypto.unb64(body["mask"], 32)}
+    except KeyError:
+        raise WrongLength(f"the keys of {sender} lack a field") from None
+
+
+# -- phase 2 -------------------------------------------------------------------------------------------
+def _pack(seed_share: int, mask_share: int) -> bytes:
+    return shamir.encode_share(seed_share) + shamir.encode_share(mask_share)
+
+
+def _unpack(data: bytes) -> tuple[int, int]:
+    if len(data) != 2 * shamir.SHARE_BYTES:
+        raise WrongLength("a decrypted share pair has the wrong size")
+    return shamir.decode_share(data[: shamir.SHARE_BYTES]), shamir.decode_share(data[shamir.SHARE_BYTES :])
+
+
+def share_keys(
+    ctx: RoundContext,
+    state: ClientState,
+    identity: Ed25519PrivateKey,
+    u1: Sequence[str],
+    adverts: Mapping[str, crypto.Envelope],
+    identities: Mapping[str, bytes],
+) -> tuple[ClientState, crypto.Envelope]:
+    """Verify every advert of U1 (any failure: this silo refuses the round), then share secrets."""
+    me = state.silo
+    members = ctx.check_set("U1", u1)
+    if me not in members:
+        raise UnknownSilo(f"{me} is not in U1")
+    peers = {}
+    for v in members:
+        if v not in adverts or v not in identities:
+            raise UnknownSilo(f"no verified keys for {v}")
+        peers[v] = read_advert(ctx, v, adverts[v], identities[v])
+    if peers[me]["mask"] != crypto.x25519_public(state.mask_private) or peers[me]["enc"] != crypto.x25519_public(state.enc_private):
+        raise WrongSender("U1 carries keys for this silo that it did not advertise")
+    seed = os.urandom(shamir.SECRET_BYTES)
+    xs = [ctx.x(v) for v in members]
+    seed_shares = shamir.split(seed, xs, ctx.threshold)
+    mask_shares = shamir.split(state.mask_private, xs, ctx.threshold)
+    ciphertexts = {}
+    for v in members:
+        if v == me:
+            continue
+        shared = crypto.agree(state.enc_private, peers[v]["enc"])
+        plain = _pack(seed_shares[ctx.x(v)], mask_shares[ctx.x(v)])
+        ciphertexts[v] = crypto.b64(crypto.encrypt_share(shared, ctx.federation, ctx.round_number, me, v, plain))
+    body = {"commitment": crypto.commitment(seed, ctx.federation, ctx.round_number, me), "ciphertexts": ciphertexts}
+    envelope = crypto.seal(identity, ctx.header(SHARES, me), body)
+    own = {"seed": seed_shares[ctx.x(me)], "mask": mask_shares[ctx.x(me)]}
+    return replace(state, self_seed=seed, peers=peers, own_shares=own), envelope
+
+
+# -- phase 3 -------------------------------------------------------------------------------------------
+def masked_input(
+    ctx: RoundContext,
+    state: ClientState,
+    identity: Ed25519PrivateKey,
+    u2: Sequence[str],
+    shares: Mapping[str, crypto.Envelope],
+    identities: Mapping[str, bytes],
+    vector: np.ndarray,
+) -> tuple[ClientState, crypto.Envelope, np.ndarray]:
+    """Mask the quantised `vector` (uint32); keep the shares addressed to this silo.
+
+    A peer whose shares message does not verify or whose ciphertext does not decrypt is reported
+    in the message (``bad_senders``): the coordinator then treats it as dropped. Its pairwise
+    mask is still applied (it depends only on public keys), so the sum stays consistent."""
+    me = state.silo
+    if state.self_seed is None:
+        raise SecAggError("masked input before share_keys")
+    members = ctx.check_set("U2", u2, within=list(state.peers))
+    if me not in members:
+        raise UnknownSilo(f"{me} is not in U2")
+    if vector.dtype != np.uint32 or vector.ndim != 1:
+        raise WrongLength("the input must be a 1-D uint32 vector")
+    held, bad = {}, []
+    for v in members:
+        if v == me:
+            continue
+        try:
+            body = crypto.open_envelope(
+                shares[v], identities[v], federation=ctx.federation, round_number=ctx.round_number, phase=SHARES, sender=v
+            )
+            blob = crypto.unb64(body["ciphertexts"][me])
+            shared = crypto.agree(state.enc_private, state.peers[v]["enc"])
+            seed_share, mask_share = _unpack(crypto.decrypt_share(shared, ctx.federation, ctx.round_number, v, me, blob))
+        except (SecAggError, KeyError, TypeError):
+            bad.append(v)
+            continue
+        held[v] = {"seed": seed_share, "mask": mask_share}
+    add = [crypto.self_mask_key(state.self_seed, ctx.federation, ctx.round_number, me)]
+    subtract = []
+    for v in members:
+        if v == me:
+            continue
+        shared = crypto.agree(state.mask_private, state.peers[v]["mask"])
+        low, high = sorted((me, v), key=ctx.x)
+        key = crypto.pair_mask_key(shared, ctx.federation, ctx.round_number, low, high)
+        (add if ctx.sign(me, v) > 0 else subtract).append(key)
+    masked = np.array(vector, dtype=np.uint32, copy=True)
+    prg.apply_masks_inplace(masked, add=add, subtract=subtract)
+    envelope = crypto.seal(identity, ctx.header(MASKED, me), {"length": len(masked), "bad_senders": sorted(bad)}, masked)
+    return replace(state, held=held, u2=tuple(members), bad_senders=tuple(sorted(bad))), envelope, masked
+
+
+# -- phase 4 -------------------------------------------------------------------------------------------
+def unmask(
+    ctx: RoundContext,
+    state: ClientState,
+    identity: Ed25519PrivateKey,
+    survivors: Sequence[str],
+    dropped: Sequence[str],
+) -> tuple[ClientState, crypto.Envelope]:
+    """Reveal self-seed shares of `survivors` and mask-key shares of `dropped`, once.
+
+    Refuses (`WrongSender`) a request naming a silo on both lists, a second request with other
+    lists, or lists outside U2; so no silo's self seed and mask key are both ever revealed."""
+    me = state.silo
+    if not state.u2:
+        raise SecAggError("unmask before masked input")
+    u2 = list(state.u2)
+    alive = ctx.check_set("U3", survivors, within=u2)
+    gone = sorted(set(dropped), key=ctx.x)
+    if len(gone) != len(dropped):
+        raise WrongSender("the dropped list names a silo twice")
+    for v in gone:
+        if v not in u2:
+            raise UnknownSilo(f"the dropped list names {v!r}, which is not in U2")
+    if set(alive) & set(gone):
+        raise WrongSender("a silo is listed both as survivor and as dropped")
+    if me not in alive:
+        raise UnknownSilo(f"{me} is not among the survivors")
+    request = (tuple(alive), tuple(gone))
+    if state.answered is not None and state.answered != request:
+        raise WrongSender("this silo already answered an unmasking request for this round")
+    seed_shares, mask_shares = {}, {}
+    for u in alive:
+        if u == me:
+            seed_shares[u] = hex(state.own_shares["seed"])
+        elif u in state.held:
+            seed_shares[u] = hex(state.held[u]["seed"])
+    for v in gone:
+        if v in state.held:
+            mask_shares[v] = hex(state.held[v]["mask"])
+    envelope = crypto.seal(identity, ctx.header(UNMASK, me), {"seed_shares": seed_shares, "mask_shares": mask_shares})
+    return replace(state, answered=request), envelope

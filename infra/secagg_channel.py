@@ -1,0 +1,134 @@
+"""Secure-aggregation messages in the exchange.
+
+    federations/<f>/coordinator.json                       the coordinator's identity (public key)
+    federations/<f>/identities/<silo>.json                 each silo's identity (public key)
+    federations/<f>/rounds/<r>/secagg/<name>.json          the coordinator's signed sets: plan, u1, u2, u3
+    federations/<f>/rounds/<r>/secagg/<phase>/<silo>.json  a silo's signed message of a phase
+    federations/<f>/rounds/<r>/secagg/masked/<silo>.arrow  a silo's masked vector (uint32, Arrow IPC)
+
+Identities are published once and never replaced (the exchange refuses overwrites); each silo
+also pins the coordinator's key the first time it sees it and refuses a different one afterwards
+(trust on first use; explicit enrolment of silos comes with the federated mode).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fl_core.errors import BadSignature, ExchangeError, StateError, WrongLength
+from fl_core.secagg import crypto
+from infra.exchange import Exchange, ObjectRef
+
+COORDINATOR = "coordinator"
+
+
+class SecAggChannel:
+    def __init__(self, exchange: Exchange, round_number: int):
+        self.exchange = exchange
+        self.round_number = round_number
+        self.base = f"{exchange.round_prefix(round_number)}/secagg"
+
+    # -- identities ---------------------------------------------------------------------------------
+    def _identity_key(self, party: str) -> str:
+        if party == COORDINATOR:
+            return f"{self.exchange.prefix}/coordinator.json"
+        return f"{self.exchange.prefix}/identities/{party}.json"
+
+    def publish_identity(self, party: str, public: bytes) -> None:
+        """Publish `party`'s public key once; a later, different key is refused."""
+        key = self._identity_key(party)
+        if self.exchange.store.exists(key):
+            if self.identity(party) != public:
+                raise StateError(
+                    f"{party}'s identity in the exchange differs from the key in its state folder; "
+                    "a party cannot be re-keyed silently"
+                )
+            return
+        self.exchange.put_json(key, {"party": party, "ed25519": crypto.b64(public)})
+
+    def identity(self, party: str) -> bytes:
+        raw = self.exchange.read_json_key(self._identity_key(party))
+        if raw.get("party") != party:
+            raise BadSignature("identity record rejected")
+        return crypto.unb64(raw.get("ed25519", ""), 32)
+
+    def identities(self, parties: list[str]) -> dict[str, bytes]:
+        found = {}
+        for party in parties:
+            try:
+                found[party] = self.identity(party)
+            except (ExchangeError, WrongLength):
+                continue
+        return found
+
+    # -- envelopes ----------------------------------------------------------------------------------
+    def _message_key(self, phase: str, silo: str) -> str:
+        return f"{self.base}/{phase}/{silo}.json"
+
+    def publish(self, phase: str, silo: str, envelope: crypto.Envelope) -> ObjectRef:
+        return self.exchange.put_bytes(self._message_key(phase, silo), envelope.to_json().encode())
+
+    def read(self, phase: str, silos: list[str]) -> dict[str, crypto.Envelope]:
+        """The envelopes present for `silos` (absent silos are simply missing from the result;
+        an unparseable one is kept as an envelope that will fail verification)."""
+        found = {}
+        for silo in silos:
+            key = self._message_key(phase, silo)
+            if not self.exchange.store.exists(key):
+                continue
+            try:
+                found[silo] = crypto.Envelope.from_json(self.exchange.store.get(key))
+            except BadSignature:
+                found[silo] = crypto.Envelope(header={}, body={}, signature=b"")
+        return found
+
+    def publish_masked(self, silo: str, envelope: crypto.Envelope, vector: np.ndarray) -> list[ObjectRef]:
+        table = pa.table({"values": pa.array(np.asarray(vector, dtype=np.uint32))})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        vector_ref = self.exchange.put_bytes(f"{self.base}/masked/{silo}.arrow", sink.getvalue().to_pybytes())
+        return [self.publish("masked", silo, envelope), vector_ref]
+
+    def read_masked(self, silos: list[str]) -> dict[str, tuple[crypto.Envelope, np.ndarray | None]]:
+        envelopes = self.read("masked", silos)
+        found = {}
+        for silo, envelope in envelopes.items():
+            key = f"{self.base}/masked/{silo}.arrow"
+            try:
+                table = pa.ipc.open_file(pa.BufferReader(self.exchange.store.get(key))).read_all()
+                vector = table.column("values").to_numpy().astype(np.uint32, copy=True)
+            except (ExchangeError, pa.ArrowException, OSError, KeyError):
+                vector = None  # missing or unreadable: the coordinator refuses the silo
+            found[silo] = (envelope, vector)
+        return found
+
+    # -- the coordinator's signed sets --------------------------------------------------------------
+    def publish_set(self, name: str, envelope: crypto.Envelope) -> ObjectRef:
+        return self.exchange.put_bytes(f"{self.base}/{name}.json", envelope.to_json().encode())
+
+    def read_set(self, name: str, coordinator_public: bytes, federation: str) -> dict:
+        key = f"{self.base}/{name}.json"
+        envelope = crypto.Envelope.from_json(self.exchange.store.get(key))
+        return crypto.open_envelope(
+            envelope, coordinator_public, federation=federation, round_number=self.round_number, phase=name,
+            sender=COORDINATOR,
+        )
+
+
+def pinned_coordinator(channel: SecAggChannel, trust_folder: Path) -> bytes:
+    """The coordinator's public key as this silo first saw it; a changed key is refused."""
+    published = channel.identity(COORDINATOR)
+    pin = trust_folder / "coordinator.json"
+    if pin.exists():
+        pinned = crypto.unb64(json.loads(pin.read_text())["ed25519"], 32)
+        if pinned != published:
+            raise StateError("the coordinator's identity changed since this silo first saw it; refusing its messages")
+        return pinned
+    trust_folder.mkdir(parents=True, exist_ok=True)
+    pin.write_text(json.dumps({"ed25519": crypto.b64(published)}))
+    return published

@@ -1,0 +1,225 @@
+"""Secure aggregation inside the pipeline: dropouts in every phase, too few survivors, tampering,
+replay, and secrets that never leave the silo."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fl_core.errors import QuorumError
+from fl_core.simulation import SiloArrays, fedavg_rounds
+from infra.config import load_config
+from infra.dispatch import InProcessDispatcher, SiloOutcome
+from infra.exchange import Exchange, LocalObjectStore, ObjectRef
+from infra.silo_data import encode_table
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+class Scripted(InProcessDispatcher):
+    """The in-process dispatcher with injected faults: silos that vanish in a phase, and a hook
+    that may tamper with the exchange after a phase ran."""
+
+    def __init__(self, flow, drops=None, after=None):
+        super().__init__(flow)
+        self.drops = drops or {}
+        self.after = after
+
+    def run(self, calls, on_done=None):
+        phase = calls[0].parameters["phase"] if calls else None
+        gone = self.drops.get(phase, set())
+        outcomes = super().run([c for c in calls if c.silo_id not in gone], on_done)
+        outcomes += [SiloOutcome(silo_id=c.silo_id, manifest=None, error="vanished (injected)") for c in calls if c.silo_id in gone]
+        if self.after is not None:
+            self.after(phase, calls[0].parameters["round_number"] if calls else None)
+        return outcomes
+
+
+def use(monkeypatch, **kwargs):
+    import flows.round
+
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: Scripted(flows.round.silo_flow, **kwargs))
+
+
+def train(config_path, rounds=1):
+    from flows.training import training_flow
+
+    return training_flow(config_path=str(config_path), rounds=rounds)
+
+
+def client(state_home):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{state_home}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def reference_round(config_path, silos):
+    """Round 1 of in-memory FedAvg over `silos` only."""
+    config = load_config(config_path)
+    arrays = {}
+    for silo in silos:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        arrays[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
+    return fedavg_rounds(arrays, config.model, config.training, config.seed, rounds=1)
+
+
+def global_of(state_home, record) -> np.ndarray:
+    return Exchange(LocalObjectStore(state_home / "exchange"), "synth").get_vector(ObjectRef.from_dict(record["global"]))
+
+
+@pytest.mark.parametrize(
+    ("phase", "in_sum", "recovered"),
+    [
+        ("shares", ["s0", "s2", "s3"], 0),  # s1 never shared: nobody masked with it
+        ("masked", ["s0", "s2", "s3"], 1),  # s1 shared, then vanished: its pairwise masks are recovered
+        ("unmask", ["s0", "s1", "s2", "s3"], 0),  # s1's input is in the sum; the others reveal its seed
+    ],
+)
+def test_a_silo_vanishing_in_any_protocol_phase_is_survived(federation, state_home, monkeypatch, phase, in_sum, recovered):
+    config_path = federation(4)
+    use(monkeypatch, drops={phase: {"s1"}})
+    record = train(config_path)["rounds"][0]
+
+    assert record["silos_in"] == in_sum
+    assert record["secure"]["recovered"] == recovered
+    if phase != "unmask":
+        assert record["silos_out"]["s1"].startswith(f"dropped at {phase}")
+    np.testing.assert_allclose(global_of(state_home, record), reference_round(config_path, in_sum), rtol=0, atol=1e-4)
+    job = client(state_home).search_runs(
+        [client(state_home).get_experiment_by_name("synth").experiment_id], "tags.`fedsilo.kind` = 'job'"
+    )[0]
+    assert job.data.metrics["secagg.masked"] == len(in_sum)
+    assert job.data.metrics["secagg.recovered"] == recovered
+    assert {f"time.secagg.{p}_s" for p in ("shares", "masked", "unmask")} <= set(job.data.metrics)
+    assert job.data.metrics["secagg.bytes.s0"] > 0
+
+
+def test_too_few_survivors_abort_the_round_and_change_nothing(federation, state_home, monkeypatch):
+    config_path = federation(3)  # threshold 2
+    train(config_path)
+    mlflow = client(state_home)
+    before = sorted(str(v.version) for v in mlflow.search_model_versions("name = 'synth'"))
+
+    use(monkeypatch, drops={"masked": {"s0", "s1"}})
+    with pytest.raises(QuorumError) as caught:
+        train(config_path)
+    assert "threshold" in str(caught.value) or "min_silos" in str(caught.value)
+    assert "s0" in str(caught.value) and "s1" in str(caught.value)
+    assert sorted(str(v.version) for v in mlflow.search_model_versions("name = 'synth'")) == before
+    assert Exchange(LocalObjectStore(state_home / "exchange"), "synth").committed_rounds() == [0, 1]
+
+
+@pytest.mark.parametrize("damage", ["value", "file"])
+def test_a_tampered_masked_vector_drops_its_silo_and_the_round_recovers_it(federation, state_home, monkeypatch, damage):
+    import pyarrow as pa
+
+    def tamper(phase, round_number):
+        if phase != "masked":
+            return
+        path = state_home / "exchange" / f"federations/synth/rounds/{round_number}/secagg/masked/s2.arrow"
+        if damage == "value":  # a well-formed file whose first value changed by one
+            values = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all().column("values").to_numpy().copy()
+            values[0] ^= 1
+            sink = pa.BufferOutputStream()
+            table = pa.table({"values": pa.array(values)})
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            path.write_bytes(sink.getvalue().to_pybytes())
+        else:  # a byte flipped in the file's structure
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            path.write_bytes(bytes(data))
+
+    config_path = federation(4)
+    use(monkeypatch, after=tamper)
+    record = train(config_path)["rounds"][0]
+    assert record["silos_in"] == ["s0", "s1", "s3"]
+    expected = "BadSignature" if damage == "value" else "unreadable"
+    assert expected in record["silos_out"]["s2"]
+    assert record["secure"]["recovered_silos"] == ["s2"]
+    np.testing.assert_allclose(global_of(state_home, record), reference_round(config_path, ["s0", "s1", "s3"]), atol=1e-4)
+
+
+def test_a_replayed_message_from_the_previous_round_is_refused(federation, state_home, monkeypatch):
+    config_path = federation(4)
+    train(config_path)
+
+    def replay(phase, round_number):
+        if phase == "train" and round_number == 2:
+            base = state_home / "exchange" / "federations/synth/rounds"
+            (base / "2/secagg/keys/s3.json").write_bytes((base / "1/secagg/keys/s3.json").read_bytes())
+
+    use(monkeypatch, after=replay)
+    record = train(config_path)["rounds"][0]
+    assert "s3" not in record["silos_in"]
+    assert "StaleMessage" in record["silos_out"]["s3"]
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    return [secret, secret.hex().encode(), base64.b64encode(secret)]
+
+
+def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch):
+    """Keys, seeds, shares and unmasked updates: not in the exchange, MLflow, Prefect's database or logs."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    import infra.keystore as keystore
+
+    secrets: list[bytes] = []
+    save_state, save_update = keystore.RoundSecrets.save_state, keystore.RoundSecrets.save_update
+
+    def capture_state(self, state):
+        raw = state.to_dict()
+        secrets.extend(bytes.fromhex(raw[k]) for k in ("enc_private", "mask_private") if raw[k])
+        if raw["self_seed"]:
+            secrets.append(bytes.fromhex(raw["self_seed"]))
+        for share in [*raw["own_shares"].values(), *(v for held in raw["held"].values() for v in held.values())]:
+            secrets.append(int(share, 16).to_bytes(33, "big"))
+        return save_state(self, state)
+
+    def capture_update(self, delta, n_samples):
+        secrets.append(np.asarray(delta, dtype=np.float32).tobytes()[:64])  # the update's leading bytes
+        return save_update(self, delta, n_samples)
+
+    monkeypatch.setattr(keystore.RoundSecrets, "save_state", capture_state)
+    monkeypatch.setattr(keystore.RoundSecrets, "save_update", capture_update)
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    handler = Keep(level=logging.DEBUG)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        train(federation(3), rounds=1)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert len(secrets) > 20 and records
+
+    places: list[Path] = [p for p in (state_home / "exchange").rglob("*") if p.is_file()]
+    places += [p for p in (state_home / "mlartifacts").rglob("*") if p.is_file()]
+    places.append(state_home / "mlflow.db")
+    database = PREFECT_API_DATABASE_CONNECTION_URL.value()
+    if database and database.startswith("sqlite"):
+        places.append(Path(database.split("///", 1)[1]))
+    haystacks = [p.read_bytes() for p in places] + ["\n".join(records).encode()]
+    for secret in secrets:
+        for form in _forms(secret):
+            assert not any(form in hay for hay in haystacks), "a round secret reached a stored artifact or log"
+    leftovers = list((state_home / "silos").rglob("secagg/*"))
+    assert leftovers == []  # each silo deleted its round secrets once it had revealed its shares
+    pem = state_home / "silos" / "s0" / "identity" / "ed25519.pem"
+    assert pem.stat().st_mode & 0o077 == 0  # the identity key is readable by its owner only
+    json.loads((state_home / "exchange" / "federations/synth/identities/s0.json").read_text())
