@@ -10,6 +10,10 @@ orchestration (`fl_core.simulation.fedavg_rounds`).
 
     python benchmarks/round_overhead.py            # 4, 16, 64 silos; first round + 3 steady rounds each
     python benchmarks/round_overhead.py --quick    # 4, 16 silos; 1 steady round each
+    ... --mode secure|trusted|both                 # aggregation mode(s), default both side by side
+
+Secure aggregation (the default mode) adds three silo phases per round (shares, masked input,
+unmask) and the coordinator's protocol steps; trusted mode has only train and evaluate.
 
 The first round of a federation also validates every silo's data with Great Expectations (~0.3 s
 per silo); later rounds find the verdict cached by file digest. The full run reports that first
@@ -18,8 +22,9 @@ silo task's own function instead of timing a first round.) One warm-up round on 
 federation absorbs the once-per-process costs (torch's first backward pass, MLflow's first model
 logging), which a long-running coordinator pays once.
 
-The last line is JSON with ``overhead_s_per_round_16`` and ``compute_s_per_round_16`` (and the
-same for the other sizes, the floor, and the per-silo overhead).
+The last line is JSON with ``overhead_s_per_round_16`` and ``compute_s_per_round_16`` for the
+default (secure) mode (and the same for the other sizes, the floor, the per-silo overhead, and the
+trusted mode under keys ending in ``_trusted``).
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def prefill_contract_verdicts(config_path: Path) -> None:
         load_and_validate.fn(config, silo, state)
 
 
-def run_federation(workdir: Path, n_silos: int, measured: int, first_round: bool) -> dict:
+def run_federation(workdir: Path, n_silos: int, measured: int, first_round: bool, mode: str) -> dict:
     import pyarrow.parquet as pq
 
     from fl_core.simulation import SiloArrays, fedavg_rounds
@@ -94,8 +99,11 @@ def run_federation(workdir: Path, n_silos: int, measured: int, first_round: bool
     from infra.silo_data import encode_table
     from infra.synthetic import write_synthetic_federation
 
-    folder = workdir / f"fed-{n_silos}"
-    config_path = write_synthetic_federation(folder, n_silos=n_silos, rows=200, n_features=8, seed=n_silos)
+    folder = workdir / f"fed-{n_silos}-{mode}"
+    config_path = write_synthetic_federation(
+        folder, n_silos=n_silos, rows=200, n_features=8, seed=n_silos,
+        overrides={"aggregation": {"mode": mode, "rule": "fedavg", "min_silos": 2}},
+    )
     os.environ["FEDSILO_HOME"] = str(folder / "state")
     first = None
     if first_round:
@@ -119,9 +127,10 @@ def run_federation(workdir: Path, n_silos: int, measured: int, first_round: bool
         return statistics.mean(t[key] for t in timings)
 
     wall, compute = mean("round_s"), mean("compute_s")
-    phases = mean("train_phase_s") + mean("evaluate_phase_s")
+    phases = sum(mean(key) for key in timings[0] if key.endswith("phase_s") or key.startswith("secagg."))
     return {
         "silos": n_silos,
+        "mode": mode,
         "wall_s": wall,
         "compute_s": compute,
         "overhead_s": wall - compute,
@@ -144,9 +153,12 @@ def warm_up(workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 and 16 silos, one measured round")
+    parser.add_argument("--mode", choices=("secure", "trusted", "both"), default="both",
+                        help="aggregation mode(s) to measure (default both, side by side)")
     args = parser.parse_args()
     sizes = [4, 16] if args.quick else [4, 16, 64]
     measured = 1 if args.quick else 3
+    modes = ["secure", "trusted"] if args.mode == "both" else [args.mode]
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedsilo-overhead-") as tmp:
@@ -160,32 +172,38 @@ def main() -> None:
         with embedded_prefect():
             floor = prefect_floor(samples=10 if args.quick else 30)
             warm_up(workdir)
-            rows = [run_federation(workdir, n, measured, first_round=not args.quick) for n in sizes]
+            rows = [run_federation(workdir, n, measured, not args.quick, mode) for mode in modes for n in sizes]
+
+    from flows.round import phases_per_round
 
     subflow_ms, task_ms = 1000 * floor["subflow_s"], 1000 * floor["task_s"]
     print(f"Prefect floor on this machine: empty subflow {subflow_ms:.0f} ms, no-op task {task_ms:.1f} ms (medians)")
-    print(f"{measured} steady round(s) per size (contract verdicts cached); every silo trains and evaluates each round\n")
-    header = (f"{'silos':>5}  {'round s':>8}  {'compute s':>9}  {'overhead s':>10}  {'per silo ms':>11}  "
+    print(f"{measured} steady round(s) per size (contract verdicts cached); every silo trains and evaluates each round;")
+    print("secure mode adds three silo phases per round (shares, masked input, unmask)\n")
+    header = (f"{'mode':>7}  {'silos':>5}  {'round s':>8}  {'compute s':>9}  {'overhead s':>10}  {'per silo ms':>11}  "
               f"{'silo phases s':>13}  {'coordinator s':>13}  {'floor s':>7}  {'overhead/floor':>14}  {'in-memory s':>11}  "
               f"{'1st-round overhead s':>20}")
     print(header)
     figures = {}
     for row in rows:
         n = row["silos"]
-        floor_s = 2 * n * floor["subflow_s"]  # two silo subflows per silo per round, nothing else
+        mode = row["mode"]
+        floor_s = phases_per_round(mode) * n * floor["subflow_s"]  # one subflow per silo phase, nothing else
         per_silo_ms = 1000 * row["overhead_s"] / n
-        print(f"{n:>5}  {row['wall_s']:>8.2f}  {row['compute_s']:>9.3f}  {row['overhead_s']:>10.2f}  {per_silo_ms:>11.0f}  "
+        print(f"{mode:>7}  {n:>5}  {row['wall_s']:>8.2f}  {row['compute_s']:>9.3f}  {row['overhead_s']:>10.2f}  {per_silo_ms:>11.0f}  "
               f"{row['silo_phases_s']:>13.2f}  {row['coordinator_s']:>13.2f}  {floor_s:>7.2f}  "
               f"{row['overhead_s'] / floor_s:>14.2f}  {row['in_memory_s']:>11.3f}  "
               f"{'—' if row['first_overhead_s'] is None else format(row['first_overhead_s'], '.2f'):>20}")
-        figures[f"overhead_s_per_round_{n}"] = round(row["overhead_s"], 3)
-        figures[f"compute_s_per_round_{n}"] = round(row["compute_s"], 4)
-        figures[f"overhead_ms_per_silo_{n}"] = round(per_silo_ms, 1)
-        figures[f"overhead_to_floor_{n}"] = round(row["overhead_s"] / floor_s, 2)
+        # The headline keys (no suffix) are the default mode's, secure; trusted rows get a suffix.
+        tag = f"{n}" if mode == "secure" else f"{n}_{mode}"
+        figures[f"overhead_s_per_round_{tag}"] = round(row["overhead_s"], 3)
+        figures[f"compute_s_per_round_{tag}"] = round(row["compute_s"], 4)
+        figures[f"overhead_ms_per_silo_{tag}"] = round(per_silo_ms, 1)
+        figures[f"overhead_to_floor_{tag}"] = round(row["overhead_s"] / floor_s, 2)
         if row["first_overhead_s"] is not None:
-            figures[f"first_round_overhead_s_{n}"] = round(row["first_overhead_s"], 3)
-    print("\nreading: 'floor' is 2 x silos x an empty Prefect subflow, the least a round with one subflow per "
-          "silo phase can cost here; the rest of the overhead is the silo tasks (validation cache, exchange "
+            figures[f"first_round_overhead_s_{tag}"] = round(row["first_overhead_s"], 3)
+    print("\nreading: 'floor' is phases x silos x an empty Prefect subflow (2 phases trusted, 5 secure), the least "
+          "a round with one subflow per silo phase can cost here; the rest of the overhead is the silo tasks (validation cache, exchange "
           "reads/writes) and the coordinator (MLflow round run, model version, aliases).")
     figures.update(
         subflow_floor_ms=round(subflow_ms, 1),

@@ -139,9 +139,12 @@ def read_advert(ctx: RoundContext, sender: str, envelope: crypto.Envelope, ident
         envelope, identity_public, federation=ctx.federation, round_number=ctx.round_number, phase=KEYS, sender=sender
     )
     try:
-        return {"enc": crypto.unb64(body["enc"], 32), "mask": crypto.unb64(body["mask"], 32)}
+        keys = {"enc": crypto.unb64(body["enc"], 32), "mask": crypto.unb64(body["mask"], 32)}
     except KeyError:
         raise WrongLength(f"the keys of {sender} lack a field") from None
+    for key in keys.values():  # a low-order key would make every peer's key agreement fail
+        crypto.check_x25519_public(key)
+    return keys
 
 
 # -- phase 2 -------------------------------------------------------------------------------------------

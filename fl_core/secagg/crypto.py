@@ -71,6 +71,14 @@ def new_x25519() -> tuple[bytes, bytes]:
     )
 
 
+def check_x25519_public(public: bytes) -> bytes:
+    """`public` if it is a usable X25519 key. A low-order point (every agreement with it yields the
+    all-zero secret, RFC 7748 section 6.1) raises `BadCiphertext`, as `agree` would later; the probe
+    scalar is arbitrary, since clamping makes every scalar a multiple of the cofactor."""
+    agree(bytes(32), public)
+    return public
+
+
 def x25519_public(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
 
@@ -176,7 +184,7 @@ class Envelope:
                 header=dict(raw["header"]), body=dict(raw["body"]), vector_sha256=raw.get("vector_sha256"),
                 signature=unb64(raw["signature"], 64),
             )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError, WrongLength, RecursionError):
             raise BadSignature("message rejected") from None
 
 

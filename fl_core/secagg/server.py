@@ -74,7 +74,10 @@ def collect_shares(
                 shares[silo], identities[silo], federation=ctx.federation, round_number=ctx.round_number,
                 phase=SHARES, sender=silo,
             )
-            receivers = set(body.get("ciphertexts", {}))
+            ciphertexts = body.get("ciphertexts")
+            if not isinstance(ciphertexts, dict):
+                raise WrongLength(f"{silo}'s ciphertexts are malformed")
+            receivers = set(ciphertexts)
             expected = set(members) - {silo}
             if receivers != expected:
                 raise UnknownSilo(f"{silo} sent shares for {sorted(receivers ^ expected)} against U1")
@@ -124,11 +127,13 @@ def collect_masked(
             )
             if body.get("length") != length:
                 raise WrongLength(f"{silo} declares length {body.get('length')}, expected {length}")
-            bad = [str(v) for v in body.get("bad_senders", [])]
+            bad = body.get("bad_senders", [])
+            if not isinstance(bad, list) or not all(isinstance(v, str) for v in bad):
+                raise WrongLength(f"{silo}'s bad_senders field is malformed")
             for v in bad:
                 if v not in members:
                     raise UnknownSilo(f"{silo} reports {v!r}, which is not in U2")
-            reported[silo] = bad
+            reported[silo] = list(bad)
             accepted.append(silo)
         except SecAggError as exc:
             rejected[silo] = _reason(exc)
