@@ -87,3 +87,15 @@ class ThresholdError(SecAggError, QuorumError):
 
 class HeadroomError(ConfigError):
     """Quantisation settings under which the sum of the silos' updates could wrap around the modulus."""
+
+
+class PrivacyError(FedsiloError):
+    """A privacy setting or ledger is invalid."""
+
+
+class BudgetExceeded(PrivacyError):
+    """A round would take a privacy ledger past its budget; the round is refused, nothing is charged."""
+
+
+class LedgerCorrupt(PrivacyError, StateError):
+    """A privacy ledger on disk is unreadable or fails its checksum; it is never replaced by a fresh one."""

@@ -1,0 +1,1 @@
+"""Differential privacy: accounting (`accounting`) and privacy ledgers (`ledger`)."""
