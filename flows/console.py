@@ -87,6 +87,12 @@ class ConsoleReporter(Reporter):
         decision = f"[green]champion v{record['version']}[/]" if gate["passed"] else f"[yellow]candidate v{record['version']}[/]"
         pooled = record["pooled"].get(self.metric, record["pooled"].get("accuracy"))
         self._print(f"{record['round']:>5}  " + "  ".join(cells) + f"  {fmt(pooled, 6)}  {decision}", highlight=False)
+        privacy = record.get("privacy") or {}
+        if privacy:  # the record-level ε each silo has spent so far, under its accuracy
+            spent = [
+                (fmt(privacy[s]["epsilon"], w) if s in privacy else "–".rjust(w)) for s, w in zip(self.silos, self.widths)
+            ]
+            self._print("[dim]    ε  " + "  ".join(spent) + "[/]", highlight=False)
         if not gate["passed"]:
             for check in gate["checks"]:
                 if not check["passed"]:

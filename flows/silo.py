@@ -63,10 +63,14 @@ def silo_flow(
         return {**manifest, "status": "sat_out", "reason": summary.verdict()}
     if phase == "evaluate":
         result = evaluate_models(quote(config), silo_id, round_number, refs, quote(data), state)
-    elif config.aggregation.mode == "trusted":
-        result = train_and_upload(quote(config), silo_id, round_number, refs["global"], quote(data), state)
+        return {**manifest, "status": "ok", **result}
+    train = train_and_upload if config.aggregation.mode == "trusted" else train_and_keep
+    report = train(quote(config), silo_id, round_number, refs["global"], quote(data), state)
+    if "refused" in report:  # the silo's privacy budget: nothing was trained or charged
+        return {**manifest, "status": "sat_out", "reason": report["refused"]}
+    if config.aggregation.mode == "trusted":
+        result = report
     else:
-        report = train_and_keep(quote(config), silo_id, round_number, refs["global"], quote(data), state)
         keys = advertise_keys(quote(config), silo_id, round_number, state)
         result = {**report, "objects": keys["objects"], "bytes": keys["bytes"], "crypto_s": keys["crypto_s"]}
     return {**manifest, "status": "ok", **result}

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fl_core.aggregation import FedAvg
+from fl_core.dp.policy import RecordPrivacy
 from fl_core.errors import ConfigError, HeadroomError
 from fl_core.gate import GateSpec
 from fl_core.models import ModelSpec
@@ -42,6 +43,7 @@ class SiloConfig(_Section):
     id: str = Field(pattern=SLUG)
     data: str = Field(min_length=1, description="Parquet file with the silo's table, relative to the config file")
     pool: str | None = Field(default=None, pattern=SLUG, description="Prefect work pool; default silo-<id>")
+    privacy: RecordPrivacy | None = Field(default=None, description="record-level DP: the silo's budget and DP-SGD")
 
     @property
     def pool_name(self) -> str:

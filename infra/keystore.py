@@ -31,7 +31,7 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write a file only its owner can read, atomically (temp file + rename)."""
     _private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -52,7 +52,7 @@ def _identity(path: Path) -> Ed25519PrivateKey:
         return key
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_private(path, pem)
+    write_private(path, pem)
     return key
 
 
@@ -80,7 +80,7 @@ class RoundSecrets:
         return self.folder / f"{self.stem}-update.npz"
 
     def save_state(self, client: ClientState) -> None:
-        _write_private(self._state_path, json.dumps(client.to_dict()).encode())
+        write_private(self._state_path, json.dumps(client.to_dict()).encode())
 
     def load_state(self) -> ClientState:
         try:
@@ -95,7 +95,7 @@ class RoundSecrets:
 
         buffer = io.BytesIO()
         np.savez(buffer, delta=np.asarray(delta, dtype=np.float32), n_samples=np.int64(n_samples))
-        _write_private(self._update_path, buffer.getvalue())
+        write_private(self._update_path, buffer.getvalue())
 
     def load_update(self) -> tuple[np.ndarray, int]:
         try:

@@ -299,6 +299,11 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
     for silo, manifest in aggregated.training.manifests.items():
         metrics[f"silo.{silo}.train_loss"] = float(manifest["train_loss"])
         metrics[f"silo.{silo}.n_train"] = float(manifest["n_samples"])
+    for silo, manifest in aggregated.training.manifests.items():
+        privacy = manifest.get("privacy")
+        if privacy:
+            for name in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "clipped_fraction"):
+                metrics[f"dp.silo.{silo}.{name}"] = float(privacy[name])
     metrics["silos.in"] = float(len(aggregated.training.silos_in))
     metrics["silos.out"] = float(len(aggregated.training.out))
     if aggregated.secure is not None:
@@ -350,6 +355,14 @@ def _lineage_tags(
         f"{TAG}gate.metric": gate.metric,
         f"{TAG}gate.summary": gate.summary(),
     }
+    for silo, manifest in aggregated.training.manifests.items():
+        privacy = manifest.get("privacy")
+        if privacy:
+            lineage[f"{TAG}dp.{silo}"] = (
+                f"record-level DP-SGD: epsilon {privacy['epsilon']:.4f} of {privacy['budget']:g} spent, delta "
+                f"{privacy['delta']:g}, noise multiplier {privacy['noise_multiplier']:.4f}, clip {privacy['max_grad_norm']:g}, "
+                f"{privacy['accountant']} accountant"
+            )
     if aggregated.secure is not None:
         stats = aggregated.secure
         lineage[f"{TAG}secagg"] = (
@@ -396,6 +409,7 @@ def record_round(
         "train": {
             s: {k: m[k] for k in ("n_samples", "steps", "train_loss")} for s, m in training.manifests.items()
         },
+        "privacy": {s: m["privacy"] for s, m in training.manifests.items() if m.get("privacy")},
         "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
         "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
         "champion_version_before": plan.champion_version,

@@ -11,7 +11,8 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fl_core.errors import DataError, IntegrityError
+from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
+from fl_core.errors import BudgetExceeded, DataError, IntegrityError
 from fl_core.evaluation import evaluate
 from fl_core.models import build_model
 from fl_core.params import flatten, load_flat_inplace
@@ -20,6 +21,7 @@ from fl_core.training import train_local
 from infra.config import FederationConfig
 from infra.exchange import ObjectRef, exchange_for
 from infra.keystore import RoundSecrets
+from infra.privacy_store import LedgerStore
 from infra.silo_data import SiloData, ValidationCache, encode_table, file_digest, read_table
 from infra.state import StateDir
 from tasks.common import binding
@@ -67,9 +69,13 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
         expect={"federation": config.federation, "round": round_number - 1, "phase": "global"},
     )
     began = time.perf_counter()
-    result = train_local(
-        model, data.x_train, data.y_train, config.training, seed=derive_seed(config.seed, "train", round_number, silo_id)
-    )
+    seed = derive_seed(config.seed, "train", round_number, silo_id)
+    policy = config.silo(silo_id).privacy
+    privacy = None
+    if policy is None:
+        result = train_local(model, data.x_train, data.y_train, config.training, seed=seed)
+    else:
+        result, privacy = _train_private(config, silo_id, round_number, policy, model, data, seed, state)
     local = evaluate(model, data.x_holdout, data.y_holdout)
     report = {
         "n_samples": result.n_samples,
@@ -78,7 +84,42 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
         "local_metrics": local.to_dict(),
         "compute_s": time.perf_counter() - began,
     }
+    if privacy is not None:
+        report["privacy"] = privacy
     return flatten(model) - start, report
+
+
+def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, data: SiloData, seed: int,
+                   state: StateDir):
+    """DP-SGD under the silo's ledger: refuse (BudgetExceeded) before training if the round would
+    pass the budget; charge the ledger only once training has succeeded."""
+    store = LedgerStore(state, silo_id, config.federation)
+    ledger = store.open(policy.budget)
+    n = len(data.y_train)
+    dpsgd = policy.dpsgd(n, config.training)
+    charged = ledger.charge(round_number, round_event(n, config.training, dpsgd.noise_multiplier))  # raises if over
+    result = train_local_dp(model, data.x_train, data.y_train, config.training, dpsgd, seed, noise=noise_generator())
+    store.save(charged)
+    privacy = {
+        "epsilon": charged.spent(),
+        "budget": policy.epsilon,
+        "delta": policy.delta,
+        "accountant": policy.accountant,
+        "noise_multiplier": dpsgd.noise_multiplier,
+        "max_grad_norm": dpsgd.max_grad_norm,
+        "sample_rate": result.event.sample_rate,
+        "clipped_fraction": result.clipped_fraction,
+    }
+    get_run_logger().info(
+        "DP-SGD: ε = %.3f of %g spent (δ = %g, σ = %.3f, C = %g)", privacy["epsilon"], policy.epsilon, policy.delta,
+        dpsgd.noise_multiplier, dpsgd.max_grad_norm,
+    )
+    return result, privacy
+
+
+def _refusal(round_number: int, exc: BudgetExceeded) -> dict:
+    get_run_logger().warning("refusing round %d: %s", round_number, exc)
+    return {"refused": f"privacy budget: {exc}"}
 
 
 @task(name="train", cache_policy=NONE, persist_result=False)
@@ -86,7 +127,10 @@ def train_and_upload(
     config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
 ) -> dict:
     """Trusted aggregation: train and publish the delta itself to the exchange."""
-    delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+    try:
+        delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+    except BudgetExceeded as exc:
+        return _refusal(round_number, exc)
     exchange = exchange_for(config, state)
     ref = exchange.put_vector(
         exchange.update_key(round_number, silo_id), delta,
@@ -100,7 +144,10 @@ def train_and_keep(
     config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
 ) -> dict:
     """Secure aggregation: train and keep the delta on the silo's disk until it is masked."""
-    delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+    try:
+        delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+    except BudgetExceeded as exc:
+        return _refusal(round_number, exc)
     RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"])
     return report
 
