@@ -20,6 +20,7 @@ Opacus is imported lazily: importing this module costs nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -140,12 +141,14 @@ def epsilon(
     raise PrivacyError(f"accountant must be 'rdp' or 'prv', got {method!r}")
 
 
+@functools.lru_cache(maxsize=256)
 def noise_for_epsilon(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, method: Method = "rdp",
     tolerance: float = 0.01,
 ) -> float:
     """The smallest noise multiplier (within `tolerance` in ε) whose `steps` events at `sample_rate`
-    stay within `target_epsilon` at `delta`; found by bisection on `epsilon` itself."""
+    stay within `target_epsilon` at `delta`; found by bisection on `epsilon` itself (a pure function
+    of its arguments, remembered: a silo asks the same question every round)."""
     _check_delta(delta)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise PrivacyError(f"target epsilon must be a positive number, got {target_epsilon!r}")

@@ -1,10 +1,12 @@
 """A privacy ledger: what one party (a silo, or the federation for silo-level DP) has spent.
 
-The ledger is an append-only list of charges, one per round, each a `GaussianEvent`; the ε spent is
+The ledger is an append-only list of charges, one per training, each a `GaussianEvent`; the ε spent is
 always recomputed from the events by the accountant (`fl_core.dp.accounting`), never summed from
 stored figures, so switching accountant re-evaluates the same history. Before a round, `preview`
 says what ε the ledger would reach; `charge` refuses (`BudgetExceeded`) a round that would pass the
-budget and a round charged twice, and returns a new ledger — nothing is charged for a refused round.
+budget, and returns a new ledger — nothing is charged for a refused round. A round trained again
+(redone after an interruption) is charged again: each training is a new use of the data, and
+over-counting is safe where under-counting is not. Charges are appended in round order.
 
 Serialised as JSON with a sha256 over its canonical body: a ledger that does not parse, fails its
 checksum or belongs to another party raises `LedgerCorrupt`. Nothing here creates a ledger from a
@@ -81,10 +83,10 @@ class Ledger:
         """A new ledger with `event` charged for `round_number`; refuses to pass the budget."""
         if isinstance(round_number, bool) or not isinstance(round_number, int) or round_number < 1:
             raise PrivacyError(f"round numbers start at 1, got {round_number!r}")
-        if self.charges and round_number <= self.charges[-1].round_number:
+        if self.charges and round_number < self.charges[-1].round_number:
             raise PrivacyError(
-                f"{self.owner}: round {round_number} is not after the last charged round "
-                f"{self.charges[-1].round_number}; a round is charged once"
+                f"{self.owner}: round {round_number} comes before the last charged round "
+                f"{self.charges[-1].round_number}; charges are appended in round order"
             )
         after = self.preview(event)
         if after > self.budget.epsilon:
@@ -140,8 +142,8 @@ class Ledger:
                 f"{where} belongs to {raw['owner']!r} of federation {raw['federation']!r}, not {owner!r} of {federation!r}"
             )
         rounds = [c.round_number for c in charges]
-        if rounds != sorted(set(rounds)):
-            raise LedgerCorrupt(f"{where} charges rounds out of order or twice: {rounds}")
+        if rounds != sorted(rounds):
+            raise LedgerCorrupt(f"{where} charges rounds out of order: {rounds}")
         return cls(owner=owner, federation=federation, budget=budget, charges=charges)
 
 

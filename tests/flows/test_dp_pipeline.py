@@ -118,3 +118,17 @@ def test_a_damaged_ledger_stops_the_silo_and_is_left_as_it_is(federation, state_
     assert "LedgerCorrupt" in record["silos_out"]["s0"]
     assert ("corrupt" if damage == "corrupt" else "missing") in record["silos_out"]["s0"]
     assert (path.read_bytes() if path.exists() else None) == before  # never replaced by a fresh budget
+
+
+def test_a_round_redone_after_an_interruption_is_charged_again_not_refused(federation, state_home):
+    from infra.exchange import Exchange, LocalObjectStore
+
+    config_path = with_privacy(federation(3), {"s0": POLICY, "s1": POLICY})
+    train(config_path, rounds=2)
+    store = Exchange(LocalObjectStore(state_home / "exchange"), "synth")
+    store.store.delete_prefix(store.round_prefix(2))  # round 2 never committed: the next job redoes it
+    record = train(config_path, rounds=1)["rounds"][0]
+    assert record["round"] == 2 and "s0" in record["silos_in"]
+    book = ledger(state_home, "s0")
+    assert book.rounds == [1, 2, 2]  # the second training of round 2 is a second use of the data
+    assert record["privacy"]["s0"]["epsilon"] == pytest.approx(book.spent())

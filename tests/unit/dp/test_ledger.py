@@ -48,13 +48,16 @@ def test_refusal_names_the_party_the_round_and_the_figures():
     assert "cleveland" in message and "round 1" in message and "budget of 0.5" in message
 
 
-def test_a_round_is_charged_once_and_in_order():
-    ledger = fresh().charge(1, ROUND).charge(2, ROUND)
-    for r in (1, 2):
-        with pytest.raises(PrivacyError, match="charged once"):
-            ledger.charge(r, ROUND)
+def test_charges_go_in_round_order_and_a_retried_round_is_charged_again():
+    ledger = fresh(10.0).charge(1, ROUND).charge(2, ROUND)
+    with pytest.raises(PrivacyError, match="round order"):
+        ledger.charge(1, ROUND)
     with pytest.raises(PrivacyError):
         ledger.charge(0, ROUND)
+    retried = ledger.charge(2, ROUND)  # round 2 trained again after an interruption
+    assert retried.rounds == [1, 2, 2]
+    assert retried.spent() == pytest.approx(epsilon([ROUND] * 3, 1e-5))
+    assert Ledger.from_json(retried.to_json(), owner="cleveland", federation="heart") == retried
 
 
 def test_spent_is_recomputed_from_events_and_switching_accountant_re_evaluates():
