@@ -89,7 +89,7 @@ def _batches(n: int, spec: TrainSpec, generator: torch.Generator):
 
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, seed: int) -> LocalTrainResult:
     """Train `model` in place on (x, y) with labels in {0, 1}; returns what a report needs."""
-    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:  # rows first; images keep their shape
         raise TrainingError(f"features {x.shape} and labels {y.shape} do not line up")
     n = x.shape[0]
     if n == 0:

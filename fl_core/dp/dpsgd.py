@@ -89,7 +89,7 @@ def train_local_dp(
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:  # rows first; images keep their shape
         raise TrainingError(f"features {x.shape} and labels {y.shape} do not line up")
     n = x.shape[0]
     if n == 0:
