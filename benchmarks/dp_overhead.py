@@ -74,8 +74,8 @@ def measure(name: str, steps: int, repeats: int) -> dict:
     train_local_dp(dp_model, x, y, spec, dp, seed=0, noise=noise_generator())
     plain, private = [], []
     for r in range(repeats):  # alternate, so that drifts hit both
-        plain.append(timed(lambda: train_local(plain_model, x, y, spec, seed=r)) / steps)
-        private.append(timed(lambda: train_local_dp(dp_model, x, y, spec, dp, seed=r, noise=noise_generator())) / steps)
+        plain.append(timed(lambda r=r: train_local(plain_model, x, y, spec, seed=r)) / steps)
+        private.append(timed(lambda r=r: train_local_dp(dp_model, x, y, spec, dp, seed=r, noise=noise_generator())) / steps)
     n_params = sum(p.numel() for p in model().parameters())
     return {"plain_ms": 1e3 * statistics.median(plain), "dp_ms": 1e3 * statistics.median(private), "params": n_params}
 
