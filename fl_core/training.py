@@ -87,17 +87,23 @@ def _batches(n: int, spec: TrainSpec, generator: torch.Generator):
         epoch += 1
 
 
-def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, seed: int) -> LocalTrainResult:
-    """Train `model` in place on (x, y) with labels in {0, 1}; returns what a report needs."""
-    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:  # rows first; images keep their shape
+def training_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) as float32 tensors, after checking that they line up (rows first; images
+    keep their shape), that there are rows, and that labels are 0 or 1."""
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise TrainingError(f"features {x.shape} and labels {y.shape} do not line up")
-    n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         raise TrainingError("no training rows")
     if not np.all(np.isin(y, (0, 1))):
         raise TrainingError("labels must be 0 or 1")
-    features = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)))
+
+
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, seed: int) -> LocalTrainResult:
+    """Train `model` in place on (x, y) with labels in {0, 1}; returns what a report needs."""
+    features, labels = training_tensors(x, y)
+    n = len(labels)
     optimizer = _optimizer(model, spec)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()

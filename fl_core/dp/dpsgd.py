@@ -29,7 +29,7 @@ from torch import nn
 from fl_core.dp.accounting import GaussianEvent
 from fl_core.errors import PrivacyError, TrainingError
 from fl_core.seeding import torch_rng
-from fl_core.training import TrainSpec, _optimizer
+from fl_core.training import TrainSpec, _optimizer, training_tensors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,15 +89,8 @@ def train_local_dp(
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:  # rows first; images keep their shape
-        raise TrainingError(f"features {x.shape} and labels {y.shape} do not line up")
-    n = x.shape[0]
-    if n == 0:
-        raise TrainingError("no training rows")
-    if not np.all(np.isin(y, (0, 1))):
-        raise TrainingError("labels must be 0 or 1")
-    features = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    features, labels = training_tensors(x, y)
+    n = len(labels)
     event = round_event(n, spec, dp.noise_multiplier)
     expected = event.sample_rate * n
 
