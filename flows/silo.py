@@ -21,7 +21,7 @@ from fl_core.errors import ConfigError
 from infra.config import FederationConfig, load_config
 from infra.state import resolve_state_dir
 from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
-from tasks.silo import evaluate_models, load_and_validate, train_and_keep, train_and_upload
+from tasks.silo import evaluate_models, load_and_validate, train_silo
 
 Phase = Literal["train", "shares", "masked", "unmask", "evaluate"]
 PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_shares}
@@ -64,8 +64,7 @@ def silo_flow(
     if phase == "evaluate":
         result = evaluate_models(quote(config), silo_id, round_number, refs, quote(data), state)
         return {**manifest, "status": "ok", **result}
-    train = train_and_upload if config.aggregation.mode == "trusted" else train_and_keep
-    report = train(quote(config), silo_id, round_number, refs["global"], quote(data), state)
+    report = train_silo(quote(config), silo_id, round_number, refs["global"], quote(data), state)
     if "refused" in report:  # the silo's privacy budget: nothing was trained or charged
         return {**manifest, "status": "sat_out", "reason": report["refused"]}
     if config.aggregation.mode == "trusted":

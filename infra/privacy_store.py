@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from fl_core.dp.ledger import Ledger, PrivacyBudget
 from fl_core.errors import LedgerCorrupt
@@ -51,11 +50,3 @@ class LedgerStore:
         if (ledger.owner, ledger.federation) != (self.silo_id, self.federation):
             raise LedgerCorrupt(f"a ledger of {ledger.owner!r} cannot be saved as {self.silo_id!r}'s")
         write_private(self.path, ledger.to_json().encode())
-
-    @property
-    def exists(self) -> bool:
-        return self.path.exists() or self.anchor.exists()
-
-
-def ledger_path(state: StateDir, silo_id: str, federation: str) -> Path:
-    return LedgerStore(state, silo_id, federation).path

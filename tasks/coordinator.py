@@ -299,11 +299,9 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
     for silo, manifest in aggregated.training.manifests.items():
         metrics[f"silo.{silo}.train_loss"] = float(manifest["train_loss"])
         metrics[f"silo.{silo}.n_train"] = float(manifest["n_samples"])
-    for silo, manifest in aggregated.training.manifests.items():
-        privacy = manifest.get("privacy")
-        if privacy:
-            for name in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "clipped_fraction"):
-                metrics[f"dp.silo.{silo}.{name}"] = float(privacy[name])
+        for name, value in (manifest.get("privacy") or {}).items():
+            if name in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "clipped_fraction"):
+                metrics[f"dp.silo.{silo}.{name}"] = float(value)
     metrics["silos.in"] = float(len(aggregated.training.silos_in))
     metrics["silos.out"] = float(len(aggregated.training.out))
     if aggregated.secure is not None:

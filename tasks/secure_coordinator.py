@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fl_core.errors import ThresholdError
@@ -64,6 +64,10 @@ def _answered(sr: SecureRound, outcomes: list[SiloOutcome], phase: str, federati
 
 
 def _refused(sr: SecureRound, phase: str, rejected: dict[str, str]) -> SecureRound:
+    """Silos whose messages failed a check: logged now, and out of the round from here on."""
+    logger = get_run_logger()
+    for silo, why in sorted(rejected.items()):
+        logger.warning("round %d %s: %s rejected and treated as dropped: %s", sr.ctx.round_number, phase, silo, why)
     return replace(sr, out={**sr.out, **{s: f"refused at {phase}: {why}" for s, why in rejected.items()}})
 
 

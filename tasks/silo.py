@@ -101,7 +101,7 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
     result = train_local_dp(model, data.x_train, data.y_train, config.training, dpsgd, seed, noise=noise_generator())
     store.save(charged)
     privacy = {
-        "epsilon": charged.spent(),
+        "epsilon": charged.charges[-1].epsilon_after,  # computed by the charge, not again
         "budget": policy.epsilon,
         "delta": policy.delta,
         "accountant": policy.accountant,
@@ -117,39 +117,27 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
     return result, privacy
 
 
-def _refusal(round_number: int, exc: BudgetExceeded) -> dict:
-    get_run_logger().warning("refusing round %d: %s", round_number, exc)
-    return {"refused": f"privacy budget: {exc}"}
-
-
 @task(name="train", cache_policy=NONE, persist_result=False)
-def train_and_upload(
+def train_silo(
     config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
 ) -> dict:
-    """Trusted aggregation: train and publish the delta itself to the exchange."""
+    """Train from the round's global model. Trusted aggregation: publish the delta itself to the
+    exchange; secure aggregation: keep it on the silo's disk until it is masked. A round the silo's
+    privacy budget cannot pay for comes back as ``{"refused": reason}``, with nothing trained."""
     try:
         delta, report = _train(config, silo_id, round_number, global_ref, data, state)
     except BudgetExceeded as exc:
-        return _refusal(round_number, exc)
+        get_run_logger().warning("refusing round %d: %s", round_number, exc)
+        return {"refused": f"privacy budget: {exc}"}
+    if config.aggregation.mode == "secure":
+        RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"])
+        return report
     exchange = exchange_for(config, state)
     ref = exchange.put_vector(
         exchange.update_key(round_number, silo_id), delta,
         binding(config.federation, round_number, "train", silo_id, n_samples=report["n_samples"]),
     )
     return {**report, "update": ref.to_dict()}
-
-
-@task(name="train", cache_policy=NONE, persist_result=False)
-def train_and_keep(
-    config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
-) -> dict:
-    """Secure aggregation: train and keep the delta on the silo's disk until it is masked."""
-    try:
-        delta, report = _train(config, silo_id, round_number, global_ref, data, state)
-    except BudgetExceeded as exc:
-        return _refusal(round_number, exc)
-    RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"])
-    return report
 
 
 @task(name="evaluate", cache_policy=NONE, persist_result=False)

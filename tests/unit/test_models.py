@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from strategies import model_specs as specs
 from torch import nn
 
 from fl_core.models import ModelSpec, build_model
@@ -15,15 +16,6 @@ from fl_core.seeding import derive_seed
 
 PROPERTY = settings(max_examples=30, deadline=None)
 
-specs = st.one_of(
-    st.just(ModelSpec()),
-    st.builds(
-        ModelSpec,
-        kind=st.just("mlp"),
-        hidden=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
-        activation=st.sampled_from(["relu", "tanh"]),
-    ),
-)
 seeds = st.integers(0, 2**63 - 1)
 # torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so "different seeds" means
 # different in those bits; seeds from `derive_seed` are uniform hashes, so this holds for them.

@@ -8,21 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from strategies import model_specs as specs
 
 from fl_core.models import ModelSpec, build_model
 from fl_core.params import count, flatten, layout, load_flat_inplace
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
-specs = st.one_of(
-    st.just(ModelSpec()),
-    st.builds(
-        ModelSpec,
-        kind=st.just("mlp"),
-        hidden=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
-        activation=st.sampled_from(["relu", "tanh"]),
-    ),
-)
 
 
 def test_layout_and_count_of_an_mlp():
