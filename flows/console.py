@@ -88,11 +88,13 @@ class ConsoleReporter(Reporter):
         pooled = record["pooled"].get(self.metric, record["pooled"].get("accuracy"))
         self._print(f"{record['round']:>5}  " + "  ".join(cells) + f"  {fmt(pooled, 6)}  {decision}", highlight=False)
         privacy = record.get("privacy") or {}
-        if privacy:  # the record-level ε each silo has spent so far, under its accuracy
-            spent = [
+        federation = record.get("federation_privacy")
+        if privacy or federation:  # ε spent so far: each silo's (record level) under its accuracy, the federation's
+            spent = [                # (silo level) under the pooled figure
                 (fmt(privacy[s]["epsilon"], w) if s in privacy else "–".rjust(w)) for s, w in zip(self.silos, self.widths)
             ]
-            self._print("[dim]    ε  " + "  ".join(spent) + "[/]", highlight=False)
+            pooled_eps = fmt(federation["epsilon"], 6) if federation else "–".rjust(6)
+            self._print("[dim]    ε  " + "  ".join(spent) + f"  {pooled_eps}[/]", highlight=False)
         if not gate["passed"]:
             for check in gate["checks"]:
                 if not check["passed"]:

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fl_core.aggregation import FedAvg
-from fl_core.dp.policy import RecordPrivacy
+from fl_core.dp.policy import RecordPrivacy, SiloPrivacy
 from fl_core.errors import ConfigError, HeadroomError
 from fl_core.gate import GateSpec
 from fl_core.models import ModelSpec
@@ -59,6 +59,7 @@ class AggregationConfig(_Section):
     server_lr: float = 1.0
     min_silos: int = Field(default=2, ge=1)
     secure: SecureSpec = SecureSpec()
+    privacy: SiloPrivacy | None = Field(default=None, description="silo-level DP: the federation's budget, clip and noise")
 
     def fedavg(self) -> FedAvg:
         return FedAvg(server_lr=self.server_lr)
@@ -112,6 +113,15 @@ class FederationConfig(_Section):
                 self.aggregation.secure.check(len(self.silos))
             except (ValueError, HeadroomError) as exc:
                 raise ValueError(f"aggregation.secure: {exc}") from None
+        privacy = self.aggregation.privacy
+        if privacy is not None:
+            if privacy.placement == "distributed" and self.aggregation.mode != "secure":
+                raise ValueError("aggregation.privacy.placement: distributed noise needs aggregation.mode: secure")
+            if self.aggregation.mode == "secure" and privacy.clip_norm > self.aggregation.secure.clip_norm:
+                raise ValueError(
+                    f"aggregation.privacy.clip_norm: {privacy.clip_norm} exceeds aggregation.secure.clip_norm "
+                    f"{self.aggregation.secure.clip_norm}, the quantiser's range"
+                )
         return self
 
     # -- derived -----------------------------------------------------------------------------------

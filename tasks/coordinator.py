@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from prefect import task
 from prefect.cache_policies import NONE
 
-from fl_core.errors import ExchangeError, IntegrityError, StateError
+from fl_core.aggregation import weighted_mean
+from fl_core.dp.distributed import noise_rng
+from fl_core.dp.fedavg import Clipped, FixedDenominatorMean, GaussianNoised
+from fl_core.errors import ConfigError, ExchangeError, HeadroomError, IntegrityError, StateError
 from fl_core.evaluation import Metrics, pooled
 from fl_core.gate import GateDecision, decide
 from fl_core.models import build_model
@@ -29,6 +32,7 @@ from infra.provenance import code_version
 from infra.state import StateDir
 from infra.tracking import CANDIDATE, CHAMPION, TAG, tracker_for
 from tasks.common import binding, model_card
+from tasks.privacy import SiloLevel, charge, refuse_if_over
 from validation.summary import ValidationSummary
 
 
@@ -70,6 +74,7 @@ class Aggregate:
     training: Participation
     aggregate_s: float
     secure: dict | None = None  # secure aggregation's counts: masked, dropped, recovered, bytes per silo
+    privacy: dict | None = None  # silo-level DP: ε spent, noise, clipping (see tasks.privacy.charge)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +129,12 @@ def start_job(config: FederationConfig, state: StateDir, rounds: int | None) -> 
                 f"federation {config.federation}: the global model of round {last} has {vector.shape[0]} parameters, "
                 f"this config's model has {n_parameters}; use a new state folder (FEDSILO_HOME) for a different model"
             )
+    level = SiloLevel.of(config, n_parameters)
+    if level is not None and level.shares is not None:
+        try:
+            level.shares.check_headroom(len(config.silo_ids), config.aggregation.secure.bits)
+        except HeadroomError as exc:
+            raise ConfigError(f"aggregation.privacy: {exc}") from None
     first = last + 1
     total = rounds if rounds is not None else config.training.rounds
     if total < 1:
@@ -135,6 +146,8 @@ def start_job(config: FederationConfig, state: StateDir, rounds: int | None) -> 
     params = _flatten_config(config.model_dump(mode="json", exclude={"contract", "silos"}))
     params["silos"] = ",".join(config.silo_ids)
     params["contract.hash"] = config.contract.contract_hash()
+    if level is not None:
+        params["aggregation.privacy.resolved_noise_multiplier"] = f"{level.noise_multiplier:.6g}"
     job_run_id = tracker.start_job(
         name=f"{config.federation}/r{first:03d}-r{first + total - 1:03d}",
         params=params,
@@ -156,6 +169,10 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
     tracker = tracker_for(config, state).open()
     if exchange.clear_uncommitted(round_number):
         reporter().note(f"round {round_number}: cleared what an interrupted attempt left in the exchange")
+    n_parameters = count(_initial_model(config))
+    level = SiloLevel.of(config, n_parameters)
+    if level is not None:  # the federation's budget: refuse before any silo trains
+        refuse_if_over(config, state, level, round_number)
     previous = exchange.read_json_key(exchange.record_key(round_number - 1))
     champion = tracker.version_by_alias(CHAMPION)
     champion_ref = None
@@ -167,7 +184,7 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
                             "the gate skips the regression check")
     return RoundPlan(
         round_number=round_number,
-        n_parameters=count(_initial_model(config)),
+        n_parameters=n_parameters,
         global_ref=ObjectRef.from_dict(previous["global"]),
         parent_version=previous.get("version"),
         champion_version=champion.version if champion else None,
@@ -244,9 +261,20 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
         kept = {s: m for s, m in training.manifests.items() if s not in rejected}
         training = Participation(manifests=kept, out={**training.out, **rejected}, validations=training.validations)
         require_quorum(training.silos_in, training.out, config.aggregation.min_silos, f"round {r} training")
-    new_global = config.aggregation.fedavg().step(start, deltas, weights)
+    level = SiloLevel.of(config, plan.n_parameters)
+    privacy = None
+    if level is None:
+        new_global = config.aggregation.fedavg().step(start, deltas, weights)
+    else:
+        # DP-FedAvg: clip each update, capped weights, Gaussian noise of std z·C on the weighted sum.
+        capped = [level.weight(n) for n in weights]
+        clipped, fraction = Clipped(weighted_mean, level.policy.clip_norm, level.layers).clip_all(deltas)
+        noised = GaussianNoised(FixedDenominatorMean(sum(capped)), level.noise_multiplier, level.sensitivity,
+                                sum(capped), noise_rng())
+        new_global = config.aggregation.fedavg().apply(start, noised(clipped, capped))
+        privacy = charge(config, state, level, r, level.event(), fraction)
     ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
-    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began)
+    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, privacy=privacy)
 
 
 def _metrics(raw: dict) -> Metrics:
@@ -302,6 +330,10 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
         for name, value in (manifest.get("privacy") or {}).items():
             if name in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "clipped_fraction"):
                 metrics[f"dp.silo.{silo}.{name}"] = float(value)
+    if aggregated.privacy is not None:  # silo level
+        for name in ("epsilon", "delta", "noise_multiplier", "clip_norm", "clipped_fraction", "noise_shares"):
+            if name in aggregated.privacy:
+                metrics[f"dp.{name}"] = float(aggregated.privacy[name])
     metrics["silos.in"] = float(len(aggregated.training.silos_in))
     metrics["silos.out"] = float(len(aggregated.training.out))
     if aggregated.secure is not None:
@@ -361,6 +393,13 @@ def _lineage_tags(
                 f"{privacy['delta']:g}, noise multiplier {privacy['noise_multiplier']:.4f}, clip {privacy['max_grad_norm']:g}, "
                 f"{privacy['accountant']} accountant"
             )
+    if aggregated.privacy is not None:
+        p = aggregated.privacy
+        lineage[f"{TAG}dp.federation"] = (
+            f"silo-level DP-FedAvg, {p['placement']} noise: epsilon {p['epsilon']:.4f} of {p['budget']:g} spent, delta "
+            f"{p['delta']:g}, noise multiplier {p['noise_multiplier']:.4f}, clip {p['clip_norm']:g}, {p['accountant']} accountant"
+            + (f", {p['noise_shares']} noise shares" if "noise_shares" in p else "")
+        )
     if aggregated.secure is not None:
         stats = aggregated.secure
         lineage[f"{TAG}secagg"] = (
@@ -408,6 +447,7 @@ def record_round(
             s: {k: m[k] for k in ("n_samples", "steps", "train_loss")} for s, m in training.manifests.items()
         },
         "privacy": {s: m["privacy"] for s, m in training.manifests.items() if m.get("privacy")},
+        "federation_privacy": aggregated.privacy,
         "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
         "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
         "champion_version_before": plan.champion_version,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from fl_core.dp.distributed import noise_rng
 from fl_core.errors import ThresholdError
 from fl_core.quorum import require_quorum
 from fl_core.secagg import client, crypto, server
@@ -25,6 +26,7 @@ from infra.secagg_channel import COORDINATOR, SecAggChannel
 from infra.state import StateDir
 from tasks.common import binding
 from tasks.coordinator import Aggregate, Participation, RoundPlan, sort_outcomes
+from tasks.privacy import SiloLevel, charge
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,10 +89,14 @@ def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan, n_pa
     sr = SecureRound(ctx=ctx, length=n_parameters + 1)
     channel = _channel(config, state, plan.round_number)
     channel.publish_identity(COORDINATOR, crypto.identity_public(coordinator_identity(state)))
-    _sign_set(config, state, sr, "plan", {
+    body = {
         "roster": list(ctx.roster), "threshold": ctx.threshold, "length": sr.length,
         "clip_norm": spec.clip_norm, "bits": spec.bits,
-    })
+    }
+    level = SiloLevel.of(config, n_parameters)
+    if level is not None:
+        body["privacy"] = level.plan()
+    _sign_set(config, state, sr, "plan", body)
     return sr
 
 
@@ -162,12 +168,20 @@ def secure_unmask(
     except ThresholdError as exc:
         raise _threshold(sr, "unmasking", exc) from None
     decoded = config.aggregation.secure.quantizer().decode_sum(result.total)
+    survivors = result.survivors
+    level = SiloLevel.of(config, plan.n_parameters)
+    if level is not None and level.central_std() > 0:  # central placement: noise on the decoded weighted sum
+        decoded[:-1] += noise_rng().normal(0.0, level.central_std(), size=len(decoded) - 1)
     mean_delta, _ = mean_update(decoded)
+    del decoded
     exchange = exchange_for(config, state)
     start = exchange.get_vector(plan.global_ref, expect={"federation": config.federation, "round": r - 1, "phase": "global"})
     new_global = config.aggregation.fedavg().apply(start, mean_delta)
+    privacy = None
+    if level is not None:
+        clipped = sum(1 for s in survivors if sr.clipped.get(s)) / len(survivors)
+        privacy = charge(config, state, level, r, level.event(len(survivors)), clipped)
     ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
-    survivors = result.survivors
     training = Participation(
         manifests={s: sr.train[s] for s in survivors},
         out={s: why for s, why in sr.out.items() if s not in survivors},
@@ -182,4 +196,5 @@ def secure_unmask(
         "bytes": sr.bytes,
         "clipped": sorted(s for s, c in sr.clipped.items() if c and s in survivors),
     }
-    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, secure=stats)
+    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, secure=stats,
+                     privacy=privacy)

@@ -14,6 +14,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NONE
 
+from fl_core.dp.distributed import add_share, noise_rng
 from fl_core.errors import ConfigError, WrongSender
 from fl_core.secagg import client, crypto
 from fl_core.secagg.client import RoundContext
@@ -24,6 +25,7 @@ from infra.exchange import exchange_for
 from infra.keystore import RoundSecrets, silo_identity
 from infra.secagg_channel import SecAggChannel, pinned_coordinator
 from infra.state import StateDir
+from tasks.privacy import SiloLevel
 
 
 class _Session:
@@ -41,6 +43,11 @@ class _Session:
                 f"silo's config (clip_norm {spec.clip_norm}, bits {spec.bits})"
             )
         self.length = int(plan["length"])
+        # Silo-level DP as this silo's own config has it; a plan asking for less (or other) is refused.
+        self.privacy = SiloLevel.of(config, self.length - 1)
+        mine = self.privacy.plan() if self.privacy is not None else None
+        if plan.get("privacy") != mine:
+            raise ConfigError(f"the coordinator's plan has silo-level DP {plan.get('privacy')}, this silo's config {mine}")
         self.ctx = RoundContext(
             federation=config.federation, round_number=round_number, roster=tuple(plan["roster"]),
             threshold=int(plan["threshold"]),
@@ -98,8 +105,16 @@ def mask_update(config: FederationConfig, silo_id: str, round_number: int, state
     if len(delta) + 1 != session.length:
         raise WrongSender(f"the plan's vector length {session.length} does not fit this silo's update ({len(delta)} + 1)")
     spec = config.aggregation.secure
-    values, clipped = contribution(delta, n_samples, float(u1["weight_scale"]), spec.clip_norm)
+    level = session.privacy
+    if level is None:
+        values, clipped = contribution(delta, n_samples, float(u1["weight_scale"]), spec.clip_norm)
+    else:  # DP-FedAvg: clipped to the DP bound, weight capped at 1 (so one silo moves the sum by <= C)
+        delta, dp_clipped = level.clip(delta)
+        values, clipped = contribution(delta, level.weight(n_samples), 1.0, spec.clip_norm)
+        clipped = clipped or dp_clipped
     codes = spec.quantizer().encode(values, numpy_rng(derive_seed(config.seed, "quantize", round_number, silo_id)))
+    if level is not None and level.shares is not None:  # distributed DP: this silo's Skellam share, then the masks
+        codes = add_share(codes, level.shares.sample(noise_rng()))
     client_state, envelope, masked = client.masked_input(
         session.ctx, session.secrets.load_state(), session.identity, u2, shares, identities, codes
     )

@@ -1,6 +1,7 @@
 """A privacy ledger: what one party (a silo, or the federation for silo-level DP) has spent.
 
-The ledger is an append-only list of charges, one per training, each a `GaussianEvent`; the ε spent is
+The ledger is an append-only list of charges, one per training, each a `GaussianEvent`
+(or a `SkellamEvent` for distributed DP); the ε spent is
 always recomputed from the events by the accountant (`fl_core.dp.accounting`), never summed from
 stored figures, so switching accountant re-evaluates the same history. Before a round, `preview`
 says what ε the ledger would reach; `charge` refuses (`BudgetExceeded`) a round that would pass the
@@ -20,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
-from fl_core.dp.accounting import GaussianEvent, Method, epsilon
+from fl_core.dp.accounting import Event, Method, epsilon, event_from_dict
 from fl_core.errors import BudgetExceeded, LedgerCorrupt, PrivacyError
 
 FORMAT = "fedsilo-privacy-ledger/v1"
@@ -47,7 +48,7 @@ class PrivacyBudget:
 @dataclass(frozen=True, slots=True)
 class Charge:
     round_number: int
-    event: GaussianEvent
+    event: Event
     epsilon_after: float  # as computed when charged (informative; `Ledger.spent` recomputes)
 
     def to_dict(self) -> dict:
@@ -62,7 +63,7 @@ class Ledger:
     charges: tuple[Charge, ...] = field(default=())
 
     @property
-    def events(self) -> list[GaussianEvent]:
+    def events(self) -> list[Event]:
         return [c.event for c in self.charges]
 
     @property
@@ -72,14 +73,14 @@ class Ledger:
     def spent(self) -> float:
         return epsilon(self.events, self.budget.delta, self.budget.accountant)
 
-    def preview(self, event: GaussianEvent) -> float:
+    def preview(self, event: Event) -> float:
         """The ε this ledger would reach with `event` charged."""
         return epsilon([*self.events, event], self.budget.delta, self.budget.accountant)
 
     def remaining(self) -> float:
         return max(0.0, self.budget.epsilon - self.spent())
 
-    def charge(self, round_number: int, event: GaussianEvent) -> Ledger:
+    def charge(self, round_number: int, event: Event) -> Ledger:
         """A new ledger with `event` charged for `round_number`; refuses to pass the budget."""
         if isinstance(round_number, bool) or not isinstance(round_number, int) or round_number < 1:
             raise PrivacyError(f"round numbers start at 1, got {round_number!r}")
@@ -132,7 +133,7 @@ class Ledger:
                 raise ValueError("checksum mismatch")
             budget = PrivacyBudget(**raw["budget"])
             charges = tuple(
-                Charge(int(c["round"]), GaussianEvent.from_dict(c["event"]), float(c["epsilon_after"]))
+                Charge(int(c["round"]), event_from_dict(c["event"]), float(c["epsilon_after"]))
                 for c in raw["charges"]
             )
         except (ValueError, KeyError, TypeError, AttributeError, PrivacyError, UnicodeDecodeError) as exc:

@@ -1,12 +1,14 @@
-"""A silo's record-level privacy policy: its budget and how its DP-SGD is tuned."""
+"""Privacy policies from the federation config: a silo's record-level policy (its budget and how its
+DP-SGD is tuned) and the federation's silo-level policy (its budget, clipping and noise)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from fl_core.dp.accounting import noise_for_epsilon
+from fl_core.dp.accounting import SkellamEvent, epsilon, noise_for_epsilon
+from fl_core.dp.distributed import SkellamShares
 from fl_core.dp.dpsgd import DPSGDSpec, round_event
 from fl_core.dp.ledger import PrivacyBudget
 from fl_core.training import TrainSpec
@@ -51,3 +53,67 @@ class RecordPrivacy:
             z = noise_for_epsilon(self.target_epsilon, self.delta, event.sample_rate, event.steps * training.rounds,
                                   self.accountant)
         return DPSGDSpec(noise_multiplier=z, max_grad_norm=self.max_grad_norm)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiloPrivacy:
+    """Silo-level DP (user-level DP-FedAvg, McMahan et al. 2018) for the whole federation:
+    ``epsilon``/``delta``/``accountant``: the federation's budget, kept by the coordinator;
+    ``clip_norm`` C: each update's L2 bound (``clipping: flat``, or ``per_layer`` with C/√L per
+    layer); ``noise_multiplier`` z or ``target_epsilon`` (z chosen so that ``training.rounds``
+    rounds reach it): noise of std z·C on the sum of the updates; ``placement``: ``central`` (the
+    coordinator adds the noise to the aggregate) or ``distributed`` (each silo adds an integer
+    Skellam share under secure aggregation); ``weight_cap``: a silo's weight is min(n / cap, 1),
+    every silo weighing 1 without a cap (the weight must stay <= 1 for the sensitivity to be C)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    epsilon: float
+    clip_norm: float
+    delta: float = 1e-5
+    accountant: Literal["rdp", "prv"] = "rdp"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    placement: Literal["central", "distributed"] = "central"
+    clipping: Literal["flat", "per_layer"] = "flat"
+    weight_cap: float | None = None
+
+    def __post_init__(self) -> None:
+        PrivacyBudget(self.epsilon, self.delta, self.accountant)
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm!r}")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("set exactly one of noise_multiplier and target_epsilon")
+        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise ValueError(f"noise_multiplier must be a positive number, got {self.noise_multiplier!r}")
+        if self.target_epsilon is not None and not (0 < self.target_epsilon <= self.epsilon):
+            raise ValueError(f"target_epsilon must be in (0, epsilon = {self.epsilon}], got {self.target_epsilon!r}")
+        if self.weight_cap is not None and not (math.isfinite(self.weight_cap) and self.weight_cap > 0):
+            raise ValueError(f"weight_cap must be a positive number, got {self.weight_cap!r}")
+        if self.placement == "distributed" and self.accountant != "rdp":
+            raise ValueError("distributed noise (Skellam) is accounted with the rdp accountant only")
+
+    @property
+    def budget(self) -> PrivacyBudget:
+        return PrivacyBudget(self.epsilon, self.delta, self.accountant)
+
+    def resolved_noise_multiplier(self, rounds: int) -> float:
+        """z: as configured, or the smallest that keeps `rounds` full-participation rounds (q = 1)
+        within ``target_epsilon``."""
+        if self.noise_multiplier is not None:
+            return self.noise_multiplier
+        return noise_for_epsilon(self.target_epsilon, self.delta, 1.0, rounds, self.accountant)
+
+    def skellam_shares(self, rounds: int, scale: float, dimension: int, threshold: int) -> SkellamShares:
+        """Distributed noise for this policy on a quantiser of `scale` integers per unit; with a
+        ``target_epsilon``, z is nudged up until the Skellam accounting (a hair above the
+        Gaussian's) of `rounds` rounds with only `threshold` shares stays within the target."""
+        shares = SkellamShares(noise_multiplier=self.resolved_noise_multiplier(rounds), clip_norm=self.clip_norm,
+                               scale=scale, dimension=dimension, threshold=threshold)
+        if self.target_epsilon is not None:
+            while True:
+                one = shares.event(threshold)
+                if epsilon([SkellamEvent(one.variance, one.l2, one.l1, rounds)], self.delta) <= self.target_epsilon:
+                    return shares
+                shares = replace(shares, noise_multiplier=shares.noise_multiplier * 1.001)
+        return shares

@@ -1,0 +1,65 @@
+"""Helpers shared by the pipeline tests: a dispatcher with injected faults, the in-memory reference
+round, and readers for what a run left in the exchange and in MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from fl_core.simulation import SiloArrays, fedavg_rounds
+from infra.config import load_config
+from infra.dispatch import InProcessDispatcher, SiloOutcome
+from infra.exchange import Exchange, LocalObjectStore, ObjectRef
+from infra.silo_data import encode_table
+
+
+class Scripted(InProcessDispatcher):
+    """The in-process dispatcher with injected faults: silos that vanish in a phase, and a hook
+    that may tamper with the exchange after a phase ran."""
+
+    def __init__(self, flow, drops=None, after=None):
+        super().__init__(flow)
+        self.drops = drops or {}
+        self.after = after
+
+    def run(self, calls, on_done=None):
+        phase = calls[0].parameters["phase"] if calls else None
+        gone = self.drops.get(phase, set())
+        outcomes = super().run([c for c in calls if c.silo_id not in gone], on_done)
+        outcomes += [SiloOutcome(silo_id=c.silo_id, manifest=None, error="vanished (injected)") for c in calls if c.silo_id in gone]
+        if self.after is not None:
+            self.after(phase, calls[0].parameters["round_number"] if calls else None)
+        return outcomes
+
+
+def use(monkeypatch, **kwargs):
+    import flows.round
+
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: Scripted(flows.round.silo_flow, **kwargs))
+
+
+def train(config_path, rounds=1):
+    from flows.training import training_flow
+
+    return training_flow(config_path=str(config_path), rounds=rounds)
+
+
+def client(state_home):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{state_home}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def reference_round(config_path, silos):
+    """Round 1 of in-memory FedAvg over `silos` only."""
+    config = load_config(config_path)
+    arrays = {}
+    for silo in silos:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        arrays[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
+    return fedavg_rounds(arrays, config.model, config.training, config.seed, rounds=1)
+
+
+def global_of(state_home, record) -> np.ndarray:
+    return Exchange(LocalObjectStore(state_home / "exchange"), "synth").get_vector(ObjectRef.from_dict(record["global"]))
