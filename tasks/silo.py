@@ -109,6 +109,7 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
         "max_grad_norm": dpsgd.max_grad_norm,
         "sample_rate": result.event.sample_rate,
         "clipped_fraction": result.clipped_fraction,
+        "clipping": result.clipping,  # Opacus's per-sample clipping: hooks or ghost
     }
     get_run_logger().info(
         "DP-SGD: ε = %.3f of %g spent (δ = %g, σ = %.3f, C = %g)", privacy["epsilon"], policy.epsilon, policy.delta,
