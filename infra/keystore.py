@@ -90,17 +90,26 @@ class RoundSecrets:
         except json.JSONDecodeError:
             raise StateError(f"the secure-aggregation state for {self.stem} is corrupt") from None
 
-    def save_update(self, delta: np.ndarray, n_samples: int) -> None:
+    def save_update(self, delta: np.ndarray, n_samples: int, noise: np.ndarray | None = None) -> None:
+        """The silo's update and training-set size, and its distributed-DP noise share if any."""
         import io
 
         buffer = io.BytesIO()
-        np.savez(buffer, delta=np.asarray(delta, dtype=np.float32), n_samples=np.int64(n_samples))
+        extra = {} if noise is None else {"noise": np.asarray(noise, dtype=np.int64)}
+        np.savez(buffer, delta=np.asarray(delta, dtype=np.float32), n_samples=np.int64(n_samples), **extra)
         write_private(self._update_path, buffer.getvalue())
 
     def load_update(self) -> tuple[np.ndarray, int]:
+        with self._open_update() as data:
+            return data["delta"].copy(), int(data["n_samples"])
+
+    def load_noise(self) -> np.ndarray | None:
+        with self._open_update() as data:
+            return data["noise"].copy() if "noise" in data.files else None
+
+    def _open_update(self):
         try:
-            with np.load(self._update_path) as data:
-                return data["delta"].copy(), int(data["n_samples"])
+            return np.load(self._update_path)
         except FileNotFoundError:
             raise StateError(f"no local update for {self.stem} on this silo (it did not train this round)") from None
 

@@ -14,8 +14,8 @@ import time
 from prefect import task
 from prefect.cache_policies import NONE
 
-from fl_core.dp.distributed import add_share, noise_rng
-from fl_core.errors import ConfigError, WrongSender
+from fl_core.dp.distributed import add_share
+from fl_core.errors import ConfigError, StateError, WrongSender
 from fl_core.secagg import client, crypto
 from fl_core.secagg.client import RoundContext
 from fl_core.secagg.weighting import contribution
@@ -114,7 +114,11 @@ def mask_update(config: FederationConfig, silo_id: str, round_number: int, state
         clipped = clipped or dp_clipped
     codes = spec.quantizer().encode(values, numpy_rng(derive_seed(config.seed, "quantize", round_number, silo_id)))
     if level is not None and level.shares is not None:  # distributed DP: this silo's Skellam share, then the masks
-        codes = add_share(codes, level.shares.sample(noise_rng()))
+        noise = session.secrets.load_noise()
+        if noise is None or noise.shape[0] != len(delta):
+            raise StateError(f"no noise share for this round's {len(delta)} parameters on this silo")
+        codes = add_share(codes, noise)
+        del noise
     client_state, envelope, masked = client.masked_input(
         session.ctx, session.secrets.load_state(), session.identity, u2, shares, identities, codes
     )

@@ -11,6 +11,7 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from fl_core.dp.distributed import noise_rng
 from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
 from fl_core.errors import BudgetExceeded, DataError, IntegrityError
 from fl_core.evaluation import evaluate
@@ -25,6 +26,7 @@ from infra.privacy_store import LedgerStore
 from infra.silo_data import SiloData, ValidationCache, encode_table, file_digest, read_table
 from infra.state import StateDir
 from tasks.common import binding
+from tasks.privacy import SiloLevel
 from validation import ValidationSummary, validate_table
 
 
@@ -131,7 +133,11 @@ def train_silo(
         get_run_logger().warning("refusing round %d: %s", round_number, exc)
         return {"refused": f"privacy budget: {exc}"}
     if config.aggregation.mode == "secure":
-        RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"])
+        # Distributed DP: this silo's noise share is drawn now, off the masked phase's critical path
+        # (it depends only on the federation's settings), and kept with the update until masking.
+        level = SiloLevel.of(config, len(delta))
+        noise = level.shares.sample(noise_rng()) if level is not None and level.shares is not None else None
+        RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"], noise)
         return report
     exchange = exchange_for(config, state)
     ref = exchange.put_vector(

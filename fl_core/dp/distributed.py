@@ -110,11 +110,9 @@ class SkellamShares:
 
 def add_share(codes: np.ndarray, share: np.ndarray) -> np.ndarray:
     """uint32 codes (two's complement mod 2^32) plus an int64 noise share on their first
-    len(share) coordinates, mod 2^32."""
-    codes = np.asarray(codes, dtype=np.uint32)
-    if share.shape[0] > codes.shape[0]:
-        raise PrivacyError(f"a noise share of {share.shape[0]} values for a vector of {codes.shape[0]}")
-    out = codes.copy()
-    head = out[: share.shape[0]].astype(np.int64) + share
-    out[: share.shape[0]] = (head & 0xFFFFFFFF).astype(np.uint32)
-    return out
+    len(share) coordinates, mod 2^32, in place: the int32 view wraps exactly as the modulus does."""
+    if codes.dtype != np.uint32 or share.shape[0] > codes.shape[0]:
+        raise PrivacyError(f"a noise share of {share.shape[0]} values for a vector of {codes.shape[0]} {codes.dtype} codes")
+    head = codes.view(np.int32)[: share.shape[0]]
+    np.add(head, share, out=head, casting="unsafe")  # computed in int64, wrapped to 32 bits
+    return codes

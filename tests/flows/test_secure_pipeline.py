@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from pipeline_helpers import client, global_of, reference_round, train, use
 
 from fl_core.errors import QuorumError
@@ -110,8 +111,10 @@ def _forms(secret: bytes) -> list[bytes]:
     return [secret, secret.hex().encode(), base64.b64encode(secret)]
 
 
-def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch):
-    """Keys, seeds, shares and unmasked updates: not in the exchange, MLflow, Prefect's database or logs."""
+@pytest.mark.parametrize("noise", [False, True])
+def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch, noise):
+    """Keys, seeds, shares, unmasked updates and distributed-DP noise shares: not in the exchange,
+    MLflow, Prefect's database or logs."""
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     import infra.keystore as keystore
@@ -128,9 +131,12 @@ def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch)
             secrets.append(int(share, 16).to_bytes(33, "big"))
         return save_state(self, state)
 
-    def capture_update(self, delta, n_samples):
+    def capture_update(self, delta, n_samples, noise=None):
         secrets.append(np.asarray(delta, dtype=np.float32).tobytes()[:64])  # the update's leading bytes
-        return save_update(self, delta, n_samples)
+        if noise is not None:
+            secrets.append(np.asarray(noise, dtype=np.int64).tobytes()[:64])
+            secrets.append(np.asarray(noise[:16], dtype=np.int32).tobytes())
+        return save_update(self, delta, n_samples, noise)
 
     monkeypatch.setattr(keystore.RoundSecrets, "save_state", capture_state)
     monkeypatch.setattr(keystore.RoundSecrets, "save_update", capture_update)
@@ -140,17 +146,27 @@ def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch)
         def emit(self, record):
             records.append(self.format(record))
 
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # configure Prefect's logging now, so that a later first setup cannot drop this handler
     handler = Keep(level=logging.DEBUG)
     root = logging.getLogger()
     level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    config_path = federation(3)
+    if noise:
+        raw = yaml.safe_load(config_path.read_text())
+        raw["aggregation"]["privacy"] = {"epsilon": 100.0, "clip_norm": 5.0, "noise_multiplier": 1.0,
+                                         "placement": "distributed"}
+        config_path.write_text(yaml.safe_dump(raw))
     try:
-        train(federation(3), rounds=1)
+        record = train(config_path, rounds=1)["rounds"][0]
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
     assert len(secrets) > 20 and records
+    assert (record["federation_privacy"] is not None) == noise
 
     places: list[Path] = [p for p in (state_home / "exchange").rglob("*") if p.is_file()]
     places += [p for p in (state_home / "mlartifacts").rglob("*") if p.is_file()]

@@ -102,7 +102,7 @@ def test_noisy_shares_pass_the_modular_sum_exactly(n, d, seed):
     noise = [spec.sample(rng) for _ in range(n)]
     summed = np.zeros(d + 1, dtype=np.uint32)
     for c, e in zip(codes, noise):
-        summed += add_share(c, e)
+        summed += add_share(c.copy(), e)
     exact = sum(c.view(np.int32).astype(np.int64) for c in codes)
     exact[:d] += sum(noise)
     assert np.array_equal(summed.view(np.int32).astype(np.int64), exact)  # no wrap-around: headroom holds
