@@ -31,13 +31,22 @@ Model at Small Cost", ICML 2023). Measured here (Opacus 1.6, one core, batch 256
 - logistic on 30 features (31 parameters): hooks ≈ 2.3–2.8×, ghost ≈ 3.5–4×: per-row gradients this small
   cost less than ghost clipping's second backward pass. "auto": hooks.
 
+Distributed DP's cost to a silo under secure aggregation: drawing its Skellam share (two Poisson
+draws per coordinate, `SkellamShares.sample`) and adding it to the quantised update (`add_share`),
+each against the client's masking for n = 10, 50, 100 silos (`client_masking` of
+benchmarks/secagg.py: mask-key derivation plus AES-CTR keystream additions), at d = 1e6 (1e5 with
+--quick). The draw does not depend on the round's messages, so a silo makes it when it finishes
+training; the masked phase pays only the addition.
+
     python benchmarks/dp_overhead.py            # 5 repeats of 32 steps per model and mode
     python benchmarks/dp_overhead.py --quick    # 3 repeats of 8 steps
 
 Last line: JSON with `dp_step_ratio_mlp`, `dp_step_ratio_cnn` and `dp_step_ratio_logistic` (the
 ratio of the mode "auto" picks for that model), `auto_clipping_<model>` (that mode),
 `hooks_step_ratio_<model>` and `ghost_step_ratio_<model>` (each mode's ratio), and the step times
-in ms (`plain_step_ms_<model>`, `hooks_step_ms_<model>`, `ghost_step_ms_<model>`).
+in ms (`plain_step_ms_<model>`, `hooks_step_ms_<model>`, `ghost_step_ms_<model>`); for distributed
+noise `noise_add_ratio_to_masking_<n>` (what the masked phase pays) and
+`noise_draw_ratio_to_masking_<n>` (the draw, made after training), with the times in ms.
 """
 
 from __future__ import annotations
@@ -135,8 +144,37 @@ def main() -> None:
             figures[f"{mode}_step_ratio_{name}"] = round(ratios[mode], 2)
         for side in ("plain", *MODES):
             figures[f"{side}_step_ms_{name}"] = round(row[f"{side}_ms"], 3)
+    figures.update(distributed_noise(10**5 if args.quick else 10**6, repeats))
     figures.update(quick=args.quick, wall_seconds=round(time.perf_counter() - began, 1))
     print(json.dumps(figures))
+
+
+def distributed_noise(d: int, repeats: int) -> dict:
+    """A silo's Skellam share: draw and add, against its masking time for n silos."""
+    from secagg import Limit, client_masking
+
+    from fl_core.dp.distributed import SkellamShares, add_share, noise_rng
+    from fl_core.secagg.quantize import Quantizer
+
+    spec = SkellamShares(noise_multiplier=1.0, clip_norm=1.0, scale=Quantizer(bound=10.0, bits=24).scale, dimension=d,
+                         threshold=3)
+    rng = noise_rng()
+    codes = np.random.default_rng(0).integers(0, 2**32, d + 1, dtype=np.uint64).astype(np.uint32)
+    share = spec.sample(rng)
+    draw = statistics.median(timed(lambda: spec.sample(rng)) for _ in range(max(repeats, 5)))
+    add = statistics.median(timed(lambda: add_share(codes, share)) for _ in range(max(repeats, 20)))
+    print(f"\ndistributed DP noise share, d = {d:.0e}: draw {draw * 1e3:.1f} ms (after training), "
+          f"add {add * 1e3:.2f} ms (in the masked phase)")
+    print(f"{'silos':>6} {'masking ms':>11} {'add/mask':>9} {'draw/mask':>10}")
+    out = {"noise_draw_ms": round(draw * 1e3, 2), "noise_add_ms": round(add * 1e3, 3), "noise_d": d}
+    limit = Limit()
+    for n in (10, 50, 100):
+        masking, _ = client_masking(n, d, repeats, limit)
+        print(f"{n:>6} {masking * 1e3:>11.1f} {add / masking:>9.3f} {draw / masking:>10.2f}")
+        out[f"masking_ms_{n}"] = round(masking * 1e3, 2)
+        out[f"noise_add_ratio_to_masking_{n}"] = round(add / masking, 3)
+        out[f"noise_draw_ratio_to_masking_{n}"] = round(draw / masking, 2)
+    return out
 
 
 if __name__ == "__main__":
