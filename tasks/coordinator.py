@@ -75,6 +75,7 @@ class Aggregate:
     aggregate_s: float
     secure: dict | None = None  # secure aggregation's counts: masked, dropped, recovered, bytes per silo
     privacy: dict | None = None  # silo-level DP: ε spent, noise, clipping (see tasks.privacy.charge)
+    spent: dict[str, dict] = field(default_factory=dict)  # record-level DP of every silo that trained, in the sum or not
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +194,12 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
     )
 
 
+def privacy_spent(manifests: dict[str, dict]) -> dict[str, dict]:
+    """The record-level DP report of every silo that trained: a silo that charged its ledger and
+    then dropped out of the sum (or had its update rejected) still spent its ε."""
+    return {s: m["privacy"] for s, m in manifests.items() if m.get("privacy")}
+
+
 def sort_outcomes(outcomes: list[SiloOutcome], federation: str, round_number: int, phase: str) -> Participation:
     """Split a phase's outcomes into silos that delivered and silos that sat out (with reasons)."""
     manifests, out, validations = {}, {}, {}
@@ -239,6 +246,7 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
     exchange = exchange_for(config, state)
     r = plan.round_number
     training = sort_outcomes(outcomes, config.federation, r, "train")
+    spent = privacy_spent(training.manifests)
     require_quorum(training.silos_in, training.out, config.aggregation.min_silos, f"round {r} training")
     start = exchange.get_vector(plan.global_ref, expect={"federation": config.federation, "round": r - 1, "phase": "global"})
     deltas, weights, rejected = [], [], {}
@@ -274,7 +282,8 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
         new_global = config.aggregation.fedavg().apply(start, noised(clipped, capped))
         privacy = charge(config, state, level, r, level.event(), fraction)
     ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
-    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, privacy=privacy)
+    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, privacy=privacy,
+                     spent=spent)
 
 
 def _metrics(raw: dict) -> Metrics:
@@ -327,9 +336,9 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
     for silo, manifest in aggregated.training.manifests.items():
         metrics[f"silo.{silo}.train_loss"] = float(manifest["train_loss"])
         metrics[f"silo.{silo}.n_train"] = float(manifest["n_samples"])
-        for name, value in (manifest.get("privacy") or {}).items():
-            if name in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "clipped_fraction"):
-                metrics[f"dp.silo.{silo}.{name}"] = float(value)
+    for silo, privacy in aggregated.spent.items():
+        for name in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "clipped_fraction"):
+            metrics[f"dp.silo.{silo}.{name}"] = float(privacy[name])
     if aggregated.privacy is not None:  # silo level
         for name in ("epsilon", "delta", "noise_multiplier", "clip_norm", "clipped_fraction", "noise_shares"):
             if name in aggregated.privacy:
@@ -446,7 +455,7 @@ def record_round(
         "train": {
             s: {k: m[k] for k in ("n_samples", "steps", "train_loss")} for s, m in training.manifests.items()
         },
-        "privacy": {s: m["privacy"] for s, m in training.manifests.items() if m.get("privacy")},
+        "privacy": aggregated.spent,  # every silo that trained, in the sum or not
         "federation_privacy": aggregated.privacy,
         "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
         "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},

@@ -25,7 +25,7 @@ from infra.keystore import coordinator_identity
 from infra.secagg_channel import COORDINATOR, SecAggChannel
 from infra.state import StateDir
 from tasks.common import binding
-from tasks.coordinator import Aggregate, Participation, RoundPlan, sort_outcomes
+from tasks.coordinator import Aggregate, Participation, RoundPlan, privacy_spent, sort_outcomes
 from tasks.privacy import SiloLevel, charge
 
 
@@ -197,4 +197,4 @@ def secure_unmask(
         "clipped": sorted(s for s, c in sr.clipped.items() if c and s in survivors),
     }
     return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, secure=stats,
-                     privacy=privacy)
+                     privacy=privacy, spent=privacy_spent(sr.train))

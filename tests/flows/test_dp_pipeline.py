@@ -132,3 +132,19 @@ def test_a_round_redone_after_an_interruption_is_charged_again_not_refused(feder
     book = ledger(state_home, "s0")
     assert book.rounds == [1, 2, 2]  # the second training of round 2 is a second use of the data
     assert record["privacy"]["s0"]["epsilon"] == pytest.approx(book.spent())
+
+
+def test_a_silo_that_trained_and_then_dropped_out_of_the_sum_still_reports_its_spend(federation, state_home, monkeypatch):
+    from pipeline_helpers import use
+
+    config_path = with_privacy(federation(4), {s: POLICY for s in ("s0", "s1", "s2", "s3")}, mode="secure")
+    use(monkeypatch, drops={"masked": {"s1"}})  # s1 trained (and charged its ledger), then vanished
+    result = train(config_path, rounds=1)
+    record = result["rounds"][0]
+    assert "s1" not in record["silos_in"]
+    assert ledger(state_home, "s1").rounds == [1]
+    assert record["privacy"]["s1"]["epsilon"] == pytest.approx(ledger(state_home, "s1").spent())
+    job = client(state_home).get_run(result["job_run_id"])
+    assert job.data.metrics["dp.silo.s1.epsilon"] == pytest.approx(ledger(state_home, "s1").spent())
+    version = client(state_home).get_model_version("synth", record["version"])
+    assert "fedsilo.dp.s1" not in version.tags  # the model's lineage names only what went into it
