@@ -14,6 +14,21 @@ from fl_core.dp.ledger import PrivacyBudget
 from fl_core.training import TrainSpec
 
 
+def _check_policy(policy, clip_name: str, clip: float) -> None:
+    """What both policies share: a valid budget, a positive clip, and exactly one of a noise
+    multiplier or a target ε (within the budget)."""
+    PrivacyBudget(policy.epsilon, policy.delta, policy.accountant)  # validates the three
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"{clip_name} must be a positive number, got {clip!r}")
+    z, target = policy.noise_multiplier, policy.target_epsilon
+    if (z is None) == (target is None):
+        raise ValueError("set exactly one of noise_multiplier and target_epsilon")
+    if z is not None and not (math.isfinite(z) and z > 0):
+        raise ValueError(f"noise_multiplier must be a positive number, got {z!r}")
+    if target is not None and not (0 < target <= policy.epsilon):
+        raise ValueError(f"target_epsilon must be in (0, epsilon = {policy.epsilon}], got {target!r}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecordPrivacy:
     """``epsilon``/``delta``: the silo's budget over the federation's life; ``accountant``: ``rdp``
@@ -30,15 +45,7 @@ class RecordPrivacy:
     target_epsilon: float | None = None
 
     def __post_init__(self) -> None:
-        PrivacyBudget(self.epsilon, self.delta, self.accountant)  # validates the three
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be a positive number, got {self.max_grad_norm!r}")
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError("set exactly one of noise_multiplier and target_epsilon")
-        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise ValueError(f"noise_multiplier must be a positive number, got {self.noise_multiplier!r}")
-        if self.target_epsilon is not None and not (0 < self.target_epsilon <= self.epsilon):
-            raise ValueError(f"target_epsilon must be in (0, epsilon = {self.epsilon}], got {self.target_epsilon!r}")
+        _check_policy(self, "max_grad_norm", self.max_grad_norm)
 
     @property
     def budget(self) -> PrivacyBudget:
@@ -79,15 +86,7 @@ class SiloPrivacy:
     weight_cap: float | None = None
 
     def __post_init__(self) -> None:
-        PrivacyBudget(self.epsilon, self.delta, self.accountant)
-        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
-            raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm!r}")
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError("set exactly one of noise_multiplier and target_epsilon")
-        if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise ValueError(f"noise_multiplier must be a positive number, got {self.noise_multiplier!r}")
-        if self.target_epsilon is not None and not (0 < self.target_epsilon <= self.epsilon):
-            raise ValueError(f"target_epsilon must be in (0, epsilon = {self.epsilon}], got {self.target_epsilon!r}")
+        _check_policy(self, "clip_norm", self.clip_norm)
         if self.weight_cap is not None and not (math.isfinite(self.weight_cap) and self.weight_cap > 0):
             raise ValueError(f"weight_cap must be a positive number, got {self.weight_cap!r}")
         if self.placement == "distributed" and self.accountant != "rdp":
