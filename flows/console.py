@@ -93,8 +93,8 @@ class ConsoleReporter(Reporter):
             spent = [                # (silo level) under the pooled figure
                 (fmt(privacy[s]["epsilon"], w) if s in privacy else "–".rjust(w)) for s, w in zip(self.silos, self.widths)
             ]
-            pooled_eps = fmt(federation["epsilon"], 6) if federation else "–".rjust(6)
-            self._print("[dim]    ε  " + "  ".join(spent) + f"  {pooled_eps}[/]", highlight=False)
+            pooled_eps = f"  {fmt(federation['epsilon'], 6)}" if federation else ""
+            self._print("[dim]    ε  " + "  ".join(spent) + f"{pooled_eps}[/]", highlight=False)
         if not gate["passed"]:
             for check in gate["checks"]:
                 if not check["passed"]:
