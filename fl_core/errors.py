@@ -99,3 +99,24 @@ class BudgetExceeded(PrivacyError):
 
 class LedgerCorrupt(PrivacyError, StateError):
     """A privacy ledger on disk is unreadable or fails its checksum; it is never replaced by a fresh one."""
+
+
+class TooFewUpdates(AggregationError):
+    """Fewer updates than an aggregation rule needs: none at all, or too few for the number of Byzantine
+    updates it is set to tolerate (e.g. Krum needs n ≥ 2f + 3, Bulyan n ≥ 4f + 3)."""
+
+
+class ShapeMismatch(AggregationError):
+    """Updates that are not flat vectors of one common length (or a vector of the wrong length for the rule)."""
+
+
+class NonFiniteUpdate(AggregationError):
+    """An update holding NaN or infinite values; robust rules refuse it rather than guess what it meant."""
+
+
+class BadWeights(AggregationError):
+    """Weights that are not one finite, non-negative number per update with a positive total."""
+
+
+class UnknownAggregator(AggregationError):
+    """An aggregation rule name, or a parameter of a rule, that the robust-aggregation registry does not know."""

@@ -22,9 +22,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from fl_core.aggregation import FedAvg
+from fl_core import robust
+from fl_core.aggregation import FedAvg, weighted_mean
+from fl_core.anomaly import AnomalySpec
+from fl_core.dp.fedavg import Aggregator
 from fl_core.dp.policy import RecordPrivacy, SiloPrivacy
-from fl_core.errors import ConfigError, HeadroomError
+from fl_core.errors import AggregationError, ConfigError, HeadroomError
 from fl_core.gate import GateSpec
 from fl_core.models import ModelSpec
 from fl_core.schema import DataContract
@@ -50,19 +53,33 @@ class SiloConfig(_Section):
         return self.pool or f"silo-{self.id}"
 
 
+ROBUST_RULES = tuple(name for name in robust.NAMES if name != "mean")
+
+
 class AggregationConfig(_Section):
     """``mode: secure`` (default): the coordinator sees only the sum of the silos' updates;
-    ``mode: trusted``: it sees each update (only for an aggregator the silos trust, named explicitly)."""
+    ``mode: trusted``: it sees each update (only for an aggregator the silos trust, named explicitly).
+    ``rule``: ``fedavg`` (sample-weighted mean) or a Byzantine-robust rule (`fl_core.robust`) with
+    its parameters in ``robust``, e.g. ``rule: trimmed_mean, robust: {beta: 0.2}``; ``anomaly``:
+    per-update anomaly scores and flags (trusted mode)."""
 
     mode: Literal["secure", "trusted"] = "secure"
-    rule: Literal["fedavg"] = "fedavg"
+    rule: Literal["fedavg", *ROBUST_RULES] = "fedavg"
+    robust: dict[str, int | float | None] = Field(default_factory=dict, description="the robust rule's parameters")
     server_lr: float = 1.0
     min_silos: int = Field(default=2, ge=1)
     secure: SecureSpec = SecureSpec()
     privacy: SiloPrivacy | None = Field(default=None, description="silo-level DP: the federation's budget, clip and noise")
+    anomaly: AnomalySpec | None = Field(default=None, description="anomaly scores of each update (trusted mode)")
 
     def fedavg(self) -> FedAvg:
         return FedAvg(server_lr=self.server_lr)
+
+    def merge_rule(self) -> Aggregator:
+        """What combines the updates: the sample-weighted mean, or the configured robust rule."""
+        if self.rule == "fedavg":
+            return weighted_mean
+        return robust.make_aggregator(self.rule, **self.robust)
 
     @field_validator("server_lr")
     @classmethod
@@ -113,6 +130,30 @@ class FederationConfig(_Section):
                 self.aggregation.secure.check(len(self.silos))
             except (ValueError, HeadroomError) as exc:
                 raise ValueError(f"aggregation.secure: {exc}") from None
+        aggregation = self.aggregation
+        if aggregation.rule == "fedavg" and aggregation.robust:
+            raise ValueError(f"aggregation.robust: parameters {sorted(aggregation.robust)} need a robust rule, not fedavg")
+        if aggregation.rule != "fedavg":
+            if aggregation.mode != "trusted":
+                raise ValueError(
+                    f"aggregation.rule: {aggregation.rule} needs to see each update (mode: trusted); secure "
+                    "aggregation shows the coordinator only the sum"
+                )
+            if aggregation.privacy is not None:
+                raise ValueError(f"aggregation.rule: silo-level DP is accounted for fedavg only, not {aggregation.rule}")
+            try:
+                aggregation.merge_rule()
+                tolerated = robust.tolerated_faults(aggregation.rule, len(self.silos), **aggregation.robust)
+            except (AggregationError, ValueError) as exc:
+                raise ValueError(f"aggregation.robust: {exc}") from None
+            f = aggregation.robust.get("f")
+            if f is not None and f > tolerated:
+                raise ValueError(
+                    f"aggregation.robust: {aggregation.rule} with f = {f} needs more silos than the roster's "
+                    f"{len(self.silos)} (it tolerates at most {tolerated} of them)"
+                )
+        if aggregation.anomaly is not None and aggregation.mode != "trusted":
+            raise ValueError("aggregation.anomaly: scoring each update needs mode: trusted")
         privacy = self.aggregation.privacy
         if privacy is not None:
             if privacy.placement == "distributed" and self.aggregation.mode != "secure":

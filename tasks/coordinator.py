@@ -10,13 +10,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fl_core.aggregation import weighted_mean
+from fl_core.anomaly import reported, score_updates, streaks
 from fl_core.dp.distributed import noise_rng
 from fl_core.dp.fedavg import Clipped, FixedDenominatorMean, GaussianNoised
-from fl_core.errors import ConfigError, ExchangeError, HeadroomError, IntegrityError, StateError
+from fl_core.errors import AggregationError, ConfigError, ExchangeError, HeadroomError, IntegrityError, StateError
 from fl_core.evaluation import Metrics, pooled
 from fl_core.gate import GateDecision, decide
 from fl_core.models import build_model
@@ -76,6 +77,7 @@ class Aggregate:
     secure: dict | None = None  # secure aggregation's counts: masked, dropped, recovered, bytes per silo
     privacy: dict | None = None  # silo-level DP: ε spent, noise, clipping (see tasks.privacy.charge)
     spent: dict[str, dict] = field(default_factory=dict)  # record-level DP of every silo that trained, in the sum or not
+    anomaly: dict | None = None  # per-update scores, flags, streaks (trusted mode with aggregation.anomaly)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,9 +272,13 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
         training = Participation(manifests=kept, out={**training.out, **rejected}, validations=training.validations)
         require_quorum(training.silos_in, training.out, config.aggregation.min_silos, f"round {r} training")
     level = SiloLevel.of(config, plan.n_parameters)
-    privacy = None
+    privacy = anomaly = None
     if level is None:
-        new_global = config.aggregation.fedavg().step(start, deltas, weights)
+        merge = config.aggregation.merge_rule()
+        merged = merge(deltas, weights)
+        if config.aggregation.anomaly is not None:
+            anomaly, merged, training = _score(config, exchange, r, training, deltas, weights, merged, merge)
+        new_global = config.aggregation.fedavg().apply(start, merged)
     else:
         # DP-FedAvg: clip each update, capped weights, Gaussian noise of std z·C on the weighted sum.
         capped = [level.weight(n) for n in weights]
@@ -283,7 +289,42 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
         privacy = charge(config, state, level, r, level.event(), fraction)
     ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
     return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, privacy=privacy,
-                     spent=spent)
+                     spent=spent, anomaly=anomaly)
+
+
+def _score(config: FederationConfig, exchange, r: int, training: Participation, deltas, weights, merged, merge):
+    """Anomaly scores of this round's updates against the merged update, the streaks carried from the
+    previous round's record, and — if the policy says so and quorum still holds — the merge redone
+    without the flagged updates. Returns (anomaly report, merged update, participation)."""
+    spec = config.aggregation.anomaly
+    silos = training.silos_in
+    scores = score_updates(dict(zip(silos, deltas)), merged, spec)
+    before = exchange.read_json_key(exchange.record_key(r - 1)).get("anomaly") or {}
+    counts = streaks(before.get("streaks", {}), scores)
+    flagged = sorted(s for s, score in scores.items() if score.flags)
+    excluded = []
+    if spec.exclude and flagged and len(silos) - len(flagged) >= config.aggregation.min_silos:
+        kept = [i for i, s in enumerate(silos) if s not in flagged]
+        try:
+            merged = merge([deltas[i] for i in kept], [weights[i] for i in kept])
+            excluded = flagged
+        except AggregationError as exc:  # the rule cannot run on what is left: keep every update
+            get_run_logger().warning("round %d: flagged updates kept in the merge: %s", r, exc)
+    if excluded:
+        training = Participation(
+            manifests={s: m for s, m in training.manifests.items() if s not in excluded},
+            out={**training.out, **{s: f"excluded: anomalous update ({', '.join(scores[s].flags)})" for s in excluded}},
+            validations=training.validations,
+        )
+    report = {"scores": {s: score.to_dict() for s, score in scores.items()}, "flagged": flagged,
+              "streaks": counts, "reported": reported(counts, spec), "excluded": excluded}
+    logger = get_run_logger()
+    for silo in flagged:
+        logger.warning("round %d: %s's update is anomalous (%s)%s", r, silo, ", ".join(scores[silo].flags),
+                       " and left out of the merge" if silo in excluded else "")
+    for silo in report["reported"]:
+        reporter().note(f"round {r}: {silo} flagged {counts[silo]} rounds in a row ({', '.join(scores[silo].flags)})")
+    return report, merged, training
 
 
 def _metrics(raw: dict) -> Metrics:
@@ -343,6 +384,16 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
         for name in ("epsilon", "delta", "noise_multiplier", "clip_norm", "clipped_fraction", "noise_shares"):
             if name in aggregated.privacy:
                 metrics[f"dp.{name}"] = float(aggregated.privacy[name])
+    if aggregated.anomaly is not None:
+        report = aggregated.anomaly
+        for silo, score in report["scores"].items():
+            for name in ("norm", "cosine", "distance", "norm_z", "distance_z"):
+                if score[name] is not None:
+                    metrics[f"anomaly.{silo}.{name}"] = float(score[name])
+            metrics[f"anomaly.{silo}.flagged"] = 1.0 if score["flags"] else 0.0
+        metrics["anomaly.flagged"] = float(len(report["flagged"]))
+        metrics["anomaly.reported"] = float(len(report["reported"]))
+        metrics["anomaly.excluded"] = float(len(report["excluded"]))
     metrics["silos.in"] = float(len(aggregated.training.silos_in))
     metrics["silos.out"] = float(len(aggregated.training.out))
     if aggregated.secure is not None:
@@ -386,7 +437,8 @@ def _lineage_tags(
         f"{TAG}config_hash": config.config_hash(),
         f"{TAG}contract_hash": config.contract.contract_hash(),
         f"{TAG}code_version": code_version(),
-        f"{TAG}aggregation": f"{config.aggregation.mode}/{config.aggregation.rule}",
+        f"{TAG}aggregation": f"{config.aggregation.mode}/{config.aggregation.rule}"
+        + (f" {json.dumps(config.aggregation.robust, sort_keys=True)}" if config.aggregation.robust else ""),
         f"{TAG}global_sha256": aggregated.global_ref.sha256,
         f"{TAG}exchange_key": aggregated.global_ref.key,
         f"{TAG}job_run_id": job_run_id,
@@ -408,6 +460,12 @@ def _lineage_tags(
             f"silo-level DP-FedAvg, {p['placement']} noise: epsilon {p['epsilon']:.4f} of {p['budget']:g} spent, delta "
             f"{p['delta']:g}, noise multiplier {p['noise_multiplier']:.4f}, clip {p['clip_norm']:g}, {p['accountant']} accountant"
             + (f", {p['noise_shares']} noise shares" if "noise_shares" in p else "")
+        )
+    if aggregated.anomaly is not None:
+        report = aggregated.anomaly
+        lineage[f"{TAG}anomaly"] = (
+            f"flagged {','.join(report['flagged']) or 'none'}; excluded {','.join(report['excluded']) or 'none'}; "
+            f"reported {','.join(report['reported']) or 'none'}"
         )
     if aggregated.secure is not None:
         stats = aggregated.secure
@@ -457,6 +515,7 @@ def record_round(
         },
         "privacy": aggregated.spent,  # every silo that trained, in the sum or not
         "federation_privacy": aggregated.privacy,
+        "anomaly": aggregated.anomaly,
         "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
         "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
         "champion_version_before": plan.champion_version,

@@ -63,3 +63,23 @@ def reference_round(config_path, silos):
 
 def global_of(state_home, record) -> np.ndarray:
     return Exchange(LocalObjectStore(state_home / "exchange"), "synth").get_vector(ObjectRef.from_dict(record["global"]))
+
+
+def round_one_deltas(config_path, silos) -> dict[str, np.ndarray]:
+    """Each silo's round-1 update, trained in memory from the initial model as the pipeline does."""
+    from fl_core.models import build_model
+    from fl_core.params import flatten, load_flat_inplace
+    from fl_core.seeding import derive_seed
+    from fl_core.simulation import initial_vector
+    from fl_core.training import train_local
+
+    config = load_config(config_path)
+    out = {}
+    for silo in silos:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        start = initial_vector(config.model, data.x_train.shape[1], config.seed)
+        model = build_model(config.model, data.x_train.shape[1], seed=0)
+        load_flat_inplace(model, start)
+        train_local(model, data.x_train, data.y_train, config.training, seed=derive_seed(config.seed, "train", 1, silo))
+        out[silo] = flatten(model) - start
+    return out
