@@ -17,6 +17,14 @@ ALL_ERRORS = [
     errors.IntegrityError,
     errors.TrackingError,
     errors.StateError,
+    errors.PrivacyError,
+    errors.BudgetExceeded,
+    errors.LedgerCorrupt,
+    errors.TooFewUpdates,
+    errors.ShapeMismatch,
+    errors.NonFiniteUpdate,
+    errors.BadWeights,
+    errors.UnknownAggregator,
 ]
 
 
