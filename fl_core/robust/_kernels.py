@@ -98,19 +98,16 @@ def combine_many(updates: Updates, coefs: np.ndarray, threads: int | None = None
     else:  # reading a block of the whole matrix is cheaper than gathering most of its rows
         part = updates
     m = part.n
-    spec = "i,ij->j" if coefs.shape[0] == 1 else "ki,ij->kj"
-    weights = coefs[0] if coefs.shape[0] == 1 else coefs
 
     def work(start: int, stop: int, scratch: dict) -> None:
         block = part.block(start, stop, buffer(scratch, "rows", (m, BLOCK), np.float32))
         wide = buffer(scratch, "wide", (m, BLOCK), np.float64)[:, : stop - start]
         np.copyto(wide, block)
-        # einsum keeps the block threads off the BLAS thread pool (which a product this size would wake)
         with np.errstate(over="ignore", invalid="ignore"):  # callers check what matters to them
             target = out[:, start:stop]
             if dtype is not np.float64:
                 target = buffer(scratch, "sums", (coefs.shape[0], BLOCK), np.float64)[:, : stop - start]
-            np.einsum(spec, weights, wide, out=target[0] if coefs.shape[0] == 1 else target)
+            np.matmul(coefs, wide, out=target)
             if dtype is not np.float64:
                 out[:, start:stop] = target
 
