@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fl_core import robust
 from fl_core.aggregation import FedAvg, weighted_mean
@@ -65,7 +75,7 @@ class AggregationConfig(_Section):
 
     mode: Literal["secure", "trusted"] = "secure"
     rule: Literal["fedavg", *ROBUST_RULES] = "fedavg"
-    robust: dict[str, int | float | None] = Field(default_factory=dict, description="the robust rule's parameters")
+    robust: dict[str, StrictInt | StrictFloat | None] = Field(default_factory=dict, description="the robust rule's parameters")
     server_lr: float = 1.0
     min_silos: int = Field(default=2, ge=1)
     secure: SecureSpec = SecureSpec()

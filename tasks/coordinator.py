@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, field
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fl_core.aggregation import weighted_mean
 from fl_core.anomaly import reported, score_updates, streaks
 from fl_core.dp.distributed import noise_rng
-from fl_core.dp.fedavg import Clipped, FixedDenominatorMean, GaussianNoised
+from fl_core.dp.fedavg import FixedDenominatorMean, GaussianNoised
 from fl_core.errors import AggregationError, ConfigError, ExchangeError, HeadroomError, IntegrityError, StateError
 from fl_core.evaluation import Metrics, pooled
 from fl_core.gate import GateDecision, decide
@@ -54,6 +53,7 @@ class RoundPlan:
     champion_version: str | None
     champion_round: int | None
     champion_ref: ObjectRef | None
+    anomaly_streaks: dict[str, int] = field(default_factory=dict)  # consecutive flagged rounds, from round r - 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +193,7 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
         champion_version=champion.version if champion else None,
         champion_round=champion.round if champion else None,
         champion_ref=champion_ref,
+        anomaly_streaks=(previous.get("anomaly") or {}).get("streaks", {}),
     )
 
 
@@ -277,12 +278,13 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
         merge = config.aggregation.merge_rule()
         merged = merge(deltas, weights)
         if config.aggregation.anomaly is not None:
-            anomaly, merged, training = _score(config, exchange, r, training, deltas, weights, merged, merge)
+            anomaly, merged, training = _score(config, plan, training, deltas, weights, merged, merge)
         new_global = config.aggregation.fedavg().apply(start, merged)
     else:
         # DP-FedAvg: clip each update, capped weights, Gaussian noise of std z·C on the weighted sum.
         capped = [level.weight(n) for n in weights]
-        clipped, fraction = Clipped(weighted_mean, level.policy.clip_norm, level.layers).clip_all(deltas)
+        pairs = [level.clip(d) for d in deltas]
+        clipped, fraction = [c for c, _ in pairs], sum(was for _, was in pairs) / len(pairs)
         noised = GaussianNoised(FixedDenominatorMean(sum(capped)), level.noise_multiplier, level.sensitivity,
                                 sum(capped), noise_rng())
         new_global = config.aggregation.fedavg().apply(start, noised(clipped, capped))
@@ -292,15 +294,14 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
                      spent=spent, anomaly=anomaly)
 
 
-def _score(config: FederationConfig, exchange, r: int, training: Participation, deltas, weights, merged, merge):
+def _score(config: FederationConfig, plan: RoundPlan, training: Participation, deltas, weights, merged, merge):
     """Anomaly scores of this round's updates against the merged update, the streaks carried from the
     previous round's record, and — if the policy says so and quorum still holds — the merge redone
     without the flagged updates. Returns (anomaly report, merged update, participation)."""
-    spec = config.aggregation.anomaly
+    spec, r = config.aggregation.anomaly, plan.round_number
     silos = training.silos_in
     scores = score_updates(dict(zip(silos, deltas)), merged, spec)
-    before = exchange.read_json_key(exchange.record_key(r - 1)).get("anomaly") or {}
-    counts = streaks(before.get("streaks", {}), scores)
+    counts = streaks(plan.anomaly_streaks, scores)
     flagged = sorted(s for s, score in scores.items() if score.flags)
     excluded = []
     if spec.exclude and flagged and len(silos) - len(flagged) >= config.aggregation.min_silos:
@@ -421,6 +422,11 @@ def _gate_json(gate: GateDecision) -> dict:
     }
 
 
+def _dp_tag(what: str, p: dict, clip: str) -> str:
+    return (f"{what}: epsilon {p['epsilon']:.4f} of {p['budget']:g} spent, delta {p['delta']:g}, noise multiplier "
+            f"{p['noise_multiplier']:.4f}, clip {p[clip]:g}, {p['accountant']} accountant")
+
+
 def _lineage_tags(
     config: FederationConfig, plan: RoundPlan, aggregated: Aggregate, gate: GateDecision, fingerprints: dict, job_run_id: str
 ) -> dict[str, str]:
@@ -447,19 +453,12 @@ def _lineage_tags(
         f"{TAG}gate.summary": gate.summary(),
     }
     for silo, manifest in aggregated.training.manifests.items():
-        privacy = manifest.get("privacy")
-        if privacy:
-            lineage[f"{TAG}dp.{silo}"] = (
-                f"record-level DP-SGD: epsilon {privacy['epsilon']:.4f} of {privacy['budget']:g} spent, delta "
-                f"{privacy['delta']:g}, noise multiplier {privacy['noise_multiplier']:.4f}, clip {privacy['max_grad_norm']:g}, "
-                f"{privacy['accountant']} accountant"
-            )
+        if manifest.get("privacy"):
+            lineage[f"{TAG}dp.{silo}"] = _dp_tag("record-level DP-SGD", manifest["privacy"], "max_grad_norm")
     if aggregated.privacy is not None:
         p = aggregated.privacy
-        lineage[f"{TAG}dp.federation"] = (
-            f"silo-level DP-FedAvg, {p['placement']} noise: epsilon {p['epsilon']:.4f} of {p['budget']:g} spent, delta "
-            f"{p['delta']:g}, noise multiplier {p['noise_multiplier']:.4f}, clip {p['clip_norm']:g}, {p['accountant']} accountant"
-            + (f", {p['noise_shares']} noise shares" if "noise_shares" in p else "")
+        lineage[f"{TAG}dp.federation"] = _dp_tag(f"silo-level DP-FedAvg, {p['placement']} noise", p, "clip_norm") + (
+            f", {p['noise_shares']} noise shares" if "noise_shares" in p else ""
         )
     if aggregated.anomaly is not None:
         report = aggregated.anomaly

@@ -13,6 +13,7 @@ Clipping and noise wrap the aggregation (see `fl_core.dp.fedavg`); the merge rul
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -46,8 +47,7 @@ class SiloLevel:
         rounds = config.training.rounds
         layers = None
         if policy.clipping == "per_layer":
-            model = build_model(config.model, FeatureEncoder(config.contract.features).n_outputs, seed=0)
-            layers = tuple(p.numel() for p in model.parameters())
+            layers = _layer_sizes(config.model, config.contract.features)
         secure = config.aggregation.mode == "secure"
         scale = config.aggregation.secure.quantizer().scale
         shares = None
@@ -84,6 +84,13 @@ class SiloLevel:
         if self.shares is None:
             return GaussianEvent(self.noise_multiplier, 1.0, 1)
         return self.shares.event(self.shares.threshold if shares_in_sum is None else shares_in_sum)
+
+
+@functools.lru_cache(maxsize=16)
+def _layer_sizes(model_spec, features) -> tuple[int, ...]:
+    """Parameter sizes in flattening order (built once per model and contract, not per phase)."""
+    model = build_model(model_spec, FeatureEncoder(features).n_outputs, seed=0)
+    return tuple(p.numel() for p in model.parameters())
 
 
 def federation_ledger(config: FederationConfig, state: StateDir) -> LedgerStore:

@@ -3,6 +3,7 @@ DP-SGD is tuned) and the federation's silo-level policy (its budget, clipping an
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -106,13 +107,19 @@ class SiloPrivacy:
     def skellam_shares(self, rounds: int, scale: float, dimension: int, threshold: int) -> SkellamShares:
         """Distributed noise for this policy on a quantiser of `scale` integers per unit; with a
         ``target_epsilon``, z is nudged up until the Skellam accounting (a hair above the
-        Gaussian's) of `rounds` rounds with only `threshold` shares stays within the target."""
-        shares = SkellamShares(noise_multiplier=self.resolved_noise_multiplier(rounds), clip_norm=self.clip_norm,
-                               scale=scale, dimension=dimension, threshold=threshold)
-        if self.target_epsilon is not None:
-            while True:
-                one = shares.event(threshold)
-                if epsilon([SkellamEvent(one.variance, one.l2, one.l1, rounds)], self.delta) <= self.target_epsilon:
-                    return shares
-                shares = replace(shares, noise_multiplier=shares.noise_multiplier * 1.001)
-        return shares
+        Gaussian's) of `rounds` rounds with only `threshold` shares stays within the target.
+        Remembered: every silo asks the same question in every phase of every round."""
+        return _skellam_shares(self, rounds, scale, dimension, threshold)
+
+
+@functools.lru_cache(maxsize=64)
+def _skellam_shares(policy: SiloPrivacy, rounds: int, scale: float, dimension: int, threshold: int) -> SkellamShares:
+    shares = SkellamShares(noise_multiplier=policy.resolved_noise_multiplier(rounds), clip_norm=policy.clip_norm,
+                           scale=scale, dimension=dimension, threshold=threshold)
+    if policy.target_epsilon is not None:
+        while True:
+            one = shares.event(threshold)
+            if epsilon([SkellamEvent(one.variance, one.l2, one.l1, rounds)], policy.delta) <= policy.target_epsilon:
+                return shares
+            shares = replace(shares, noise_multiplier=shares.noise_multiplier * 1.001)
+    return shares
