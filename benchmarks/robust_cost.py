@@ -22,12 +22,19 @@ What bounds each, printed as a "limit" next to it:
   same code on one), sorts the values as int32 keys (numpy sorts those faster than floats) and sums
   the trimmed mean's kept slice with one BLAS product per block.
 
+A second part prices what bucketed mode saves in the secure-aggregation protocol itself: every
+party's work of one round (`fl_core.secagg.simulate.run_round`: keys, Shamir shares, masking with a
+PRG stream per peer, unmasking) for one secure sum over n = 100 silos against one instance per bucket
+of 3, 5 or 10 silos (d = 1e5; --quick: n = 30, d = 1e4). Pairwise masks make a silo's work grow with
+its group's size, so the protocol's total falls roughly by n / bucket size.
+
     python benchmarks/robust_cost.py            # n = 100, d = 1e6, 7 repeats
     python benchmarks/robust_cost.py --quick    # n = 100, d = 1e5, 5 repeats (under a minute)
 
 Last line: JSON with `krum_ratio_to_mean`, `multi_krum_ratio_to_mean`, `median_ratio_to_mean`,
 `trimmed_mean_ratio_to_mean`, the same for the one-thread runs and the limits (`*_ratio_to_mean`), every
-time in ms (`*_ms`), n, d, the threads used, and the load average before and after.
+time in ms (`*_ms`), n, d, the threads used, and the load average before and after; and
+`secagg_one_sum_s`, `secagg_buckets_<b>_s`, `bucketed_secagg_speedup_<b>` for b = 3, 5, 10.
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_core.robust import Krum, Median, MultiKrum, TrimmedMean  # noqa: E402
+from fl_core.robust import Krum, Median, MultiKrum, TrimmedMean, assign_buckets  # noqa: E402
 from fl_core.robust._kernels import default_threads  # noqa: E402
 from fl_core.robust.coordinate import coordinate_median, coordinate_trimmed_mean  # noqa: E402
+from fl_core.secagg import simulate  # noqa: E402
+from fl_core.secagg.client import RoundContext  # noqa: E402
 
 N = 100
 F = 10  # Byzantine updates Krum and Multi-Krum are set to tolerate (m = n − f)
@@ -95,6 +104,38 @@ def check(x: np.ndarray, w: list[float]) -> None:
         raise SystemExit("the trimmed mean disagrees with a sort-based one: not timing it")
 
 
+BUCKET_SIZES = (3, 5, 10)
+
+
+def protocol_seconds(groups: list[tuple[str, ...]], inputs: dict[str, np.ndarray]) -> float:
+    """Every party's work for one round of secure aggregation, one instance per group."""
+    began = time.perf_counter()
+    for k, group in enumerate(groups):
+        ctx = RoundContext(federation=f"bench:bucket-{k}", round_number=1, roster=group, threshold=len(group) // 2 + 1)
+        transcript = simulate.run_round(ctx, {s: inputs[s] for s in group})
+        expected = np.sum([inputs[s].astype(np.uint64) for s in group], axis=0) % 2**32
+        if not np.array_equal(transcript.result.total, expected.astype(np.uint32)):
+            raise SystemExit(f"bucket {k}: the protocol's sum is wrong")
+    return time.perf_counter() - began
+
+
+def bucketed_protocol(n: int, d: int) -> dict:
+    silos = tuple(f"s{i:03d}" for i in range(n))
+    rng = np.random.default_rng(1)
+    inputs = {s: rng.integers(0, 2**32, size=d, dtype=np.uint32) for s in silos}
+    one = protocol_seconds([silos], inputs)
+    print(f"\nsecure-aggregation protocol, all parties of one round, n = {n}, d = {d:.0e}:")
+    print(f"{'one sum of ' + str(n):>22} {one:>8.2f} s")
+    figures = {"secagg_n": n, "secagg_d": d, "secagg_one_sum_s": round(one, 3)}
+    for size in BUCKET_SIZES:
+        groups = assign_buckets(silos, size, np.random.default_rng(size))
+        took = protocol_seconds(groups, inputs)
+        print(f"{f'{len(groups)} buckets of >= {size}':>22} {took:>8.2f} s   {one / took:>5.1f}x less")
+        figures[f"secagg_buckets_{size}_s"] = round(took, 3)
+        figures[f"bucketed_secagg_speedup_{size}"] = round(one / took, 2)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="d = 1e5, 5 repeats (same code path)")
@@ -141,6 +182,7 @@ def main() -> None:
     figures: dict = {f"{name}_ratio_to_mean": round(ms[name] / ms["mean"], 2) for name, _ in rows if name != "mean"}
     figures["copy_sort_ratio_to_mean"] = round(copy_sort / ms["mean"], 2)
     figures.update({f"{name}_ms": round(value, 2) for name, value in ms.items()})
+    figures.update(bucketed_protocol(30, 10**4) if args.quick else bucketed_protocol(N, 10**5))
     figures.update(n=N, d=d, f=F, beta=BETA, repeats=repeats, threads=threads, quick=args.quick,
                    load_before=round(load_before, 2), load_after=round(load_after, 2),
                    wall_seconds=round(time.perf_counter() - began, 1))

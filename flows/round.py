@@ -3,7 +3,9 @@ every holdout, record.
 
 Secure mode runs the secure-aggregation protocol as silo phases between training and evaluation:
 train (+ advertise keys) -> shares -> masked -> unmask, each followed by the coordinator's check
-of what arrived. Trusted mode has the silos publish their updates and averages them directly.
+of what arrived. Bucketed mode runs the same phases with one instance of the protocol per bucket
+(every bucket's silos in one dispatch per phase) and merges the bucket means with the robust rule.
+Trusted mode has the silos publish their updates and merges them directly.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def make_dispatcher() -> Dispatcher:
 
 def phases_per_round(mode: str) -> int:
     """Silo phases per round (for progress displays): train, evaluate, and the protocol's three."""
-    return 5 if mode == "secure" else 2
+    return 2 if mode == "trusted" else 5
 
 
 class _Round:
@@ -73,15 +75,15 @@ def _secure(run: _Round, config_q, state, plan, job_run_id: str):
     trained = run.phase("train", run.config.silo_ids, {"global": plan.global_ref.to_dict()}, "train_phase_s")
     log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
     sr = secure_keys(config_q, state, quote(sr), quote(trained))
-    shared = run.phase("shares", sr.adverts.u1, {}, "secagg.shares_s")
+    shared = run.phase("shares", sr.u1, {}, "secagg.shares_s")
     sr = secure_shares(config_q, state, quote(sr), quote(shared))
-    masked = run.phase("masked", sr.shares.u2, {}, "secagg.masked_s")
+    masked = run.phase("masked", sr.u2, {}, "secagg.masked_s")
     sr = secure_masked(config_q, state, quote(sr), quote(masked))
-    revealed = run.phase("unmask", sr.masked.survivors, {}, "secagg.unmask_s")
+    revealed = run.phase("unmask", sr.survivors, {}, "secagg.unmask_s")
     return secure_unmask(config_q, state, quote(sr), quote(plan), quote(revealed))
 
 
-AGGREGATION = {"secure": _secure, "trusted": _trusted}
+AGGREGATION = {"secure": _secure, "bucketed": _secure, "trusted": _trusted}
 
 
 @flow(name="round", flow_run_name="{federation}/r{round_number:03d}", persist_result=False, log_prints=False)

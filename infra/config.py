@@ -35,6 +35,7 @@ from pydantic import (
 from fl_core import robust
 from fl_core.aggregation import FedAvg, weighted_mean
 from fl_core.anomaly import AnomalySpec
+from fl_core.attacks import COLLUDING_KINDS, AttackSpec
 from fl_core.dp.fedavg import Aggregator
 from fl_core.dp.policy import RecordPrivacy, SiloPrivacy
 from fl_core.errors import AggregationError, ConfigError, HeadroomError
@@ -42,6 +43,7 @@ from fl_core.gate import GateSpec
 from fl_core.models import ModelSpec
 from fl_core.schema import DataContract
 from fl_core.secagg.spec import SecureSpec
+from fl_core.seeding import derive_seed, numpy_rng
 from fl_core.training import TrainSpec
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -68,19 +70,22 @@ ROBUST_RULES = tuple(name for name in robust.NAMES if name != "mean")
 
 class AggregationConfig(_Section):
     """``mode: secure`` (default): the coordinator sees only the sum of the silos' updates;
+    ``mode: bucketed``: silos are shuffled each round into buckets of at least ``min_bucket``, each
+    bucket is summed securely and the robust ``rule`` merges the bucket means;
     ``mode: trusted``: it sees each update (only for an aggregator the silos trust, named explicitly).
     ``rule``: ``fedavg`` (sample-weighted mean) or a Byzantine-robust rule (`fl_core.robust`) with
     its parameters in ``robust``, e.g. ``rule: trimmed_mean, robust: {beta: 0.2}``; ``anomaly``:
-    per-update anomaly scores and flags (trusted mode)."""
+    anomaly scores and flags of each update (trusted) or bucket mean (bucketed)."""
 
-    mode: Literal["secure", "trusted"] = "secure"
+    mode: Literal["secure", "bucketed", "trusted"] = "secure"
     rule: Literal["fedavg", *ROBUST_RULES] = "fedavg"
     robust: dict[str, StrictInt | StrictFloat | None] = Field(default_factory=dict, description="the robust rule's parameters")
     server_lr: float = 1.0
     min_silos: int = Field(default=2, ge=1)
+    min_bucket: int = Field(default=3, ge=2, description="bucketed mode: the fewest silos summed together")
     secure: SecureSpec = SecureSpec()
     privacy: SiloPrivacy | None = Field(default=None, description="silo-level DP: the federation's budget, clip and noise")
-    anomaly: AnomalySpec | None = Field(default=None, description="anomaly scores of each update (trusted mode)")
+    anomaly: AnomalySpec | None = Field(default=None, description="anomaly scores of each update or bucket mean")
 
     def fedavg(self) -> FedAvg:
         return FedAvg(server_lr=self.server_lr)
@@ -90,6 +95,9 @@ class AggregationConfig(_Section):
         if self.rule == "fedavg":
             return weighted_mean
         return robust.make_aggregator(self.rule, **self.robust)
+
+    def n_buckets(self, n_silos: int) -> int:
+        return n_silos // self.min_bucket
 
     @field_validator("server_lr")
     @classmethod
@@ -118,6 +126,9 @@ class FederationConfig(_Section):
     gate: GateSpec = GateSpec()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
+    attack: AttackSpec | None = Field(
+        default=None, description="experiments only: the named silos run this attack (fl_core.attacks); never set "
+                                  "in a real federation")
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -135,35 +146,55 @@ class FederationConfig(_Section):
             raise ValueError(
                 f"aggregation.min_silos = {self.aggregation.min_silos} exceeds the {len(self.silos)} silos in the roster"
             )
-        if self.aggregation.mode == "secure":
+        aggregation = self.aggregation
+        n = len(self.silos)
+        if aggregation.mode == "bucketed":
+            if aggregation.secure.threshold is not None:
+                raise ValueError("aggregation.secure.threshold: in bucketed mode each bucket's threshold is a strict "
+                                 "majority of the bucket; leave it unset")
+            if n < aggregation.min_bucket:
+                raise ValueError(f"aggregation.min_bucket: {aggregation.min_bucket} exceeds the {n} silos in the roster")
+            if aggregation.rule == "fedavg":
+                raise ValueError("aggregation.rule: bucketed mode merges bucket means with a robust rule; for a plain "
+                                 "weighted mean of everyone use mode: secure")
+        if aggregation.mode != "trusted":
+            # the largest secure sum: the roster, or the largest bucket (sizes differ by at most one)
+            k = aggregation.n_buckets(n) if aggregation.mode == "bucketed" else 1
             try:
-                self.aggregation.secure.check(len(self.silos))
+                aggregation.secure.check(-(-n // k))
             except (ValueError, HeadroomError) as exc:
                 raise ValueError(f"aggregation.secure: {exc}") from None
-        aggregation = self.aggregation
         if aggregation.rule == "fedavg" and aggregation.robust:
             raise ValueError(f"aggregation.robust: parameters {sorted(aggregation.robust)} need a robust rule, not fedavg")
         if aggregation.rule != "fedavg":
-            if aggregation.mode != "trusted":
+            if aggregation.mode == "secure":
                 raise ValueError(
-                    f"aggregation.rule: {aggregation.rule} needs to see each update (mode: trusted); secure "
-                    "aggregation shows the coordinator only the sum"
+                    f"aggregation.rule: {aggregation.rule} needs to see each update (mode: trusted) or bucket means "
+                    "(mode: bucketed); secure aggregation shows the coordinator only the sum"
                 )
             if aggregation.privacy is not None:
                 raise ValueError(f"aggregation.rule: silo-level DP is accounted for fedavg only, not {aggregation.rule}")
+            units, what = (n, "silos") if aggregation.mode == "trusted" else (aggregation.n_buckets(n), "buckets")
             try:
                 aggregation.merge_rule()
-                tolerated = robust.tolerated_faults(aggregation.rule, len(self.silos), **aggregation.robust)
             except (AggregationError, ValueError) as exc:
                 raise ValueError(f"aggregation.robust: {exc}") from None
+            try:
+                tolerated = robust.tolerated_faults(aggregation.rule, units, **aggregation.robust)
+            except (AggregationError, ValueError) as exc:
+                raise ValueError(f"aggregation.robust: {exc} ({units} {what})") from None
             f = aggregation.robust.get("f")
             if f is not None and f > tolerated:
                 raise ValueError(
-                    f"aggregation.robust: {aggregation.rule} with f = {f} needs more silos than the roster's "
-                    f"{len(self.silos)} (it tolerates at most {tolerated} of them)"
+                    f"aggregation.robust: {aggregation.rule} with f = {f} needs more {what} than the "
+                    f"{units} {'in the roster' if what == 'silos' else f'of at least {aggregation.min_bucket} silos'} "
+                    f"(it tolerates at most {tolerated} of them)"
                 )
-        if aggregation.anomaly is not None and aggregation.mode != "trusted":
-            raise ValueError("aggregation.anomaly: scoring each update needs mode: trusted")
+        if aggregation.anomaly is not None and aggregation.mode == "secure":
+            raise ValueError("aggregation.anomaly: scoring needs each update (mode: trusted) or bucket means "
+                             "(mode: bucketed)")
+        if self.attack is not None:
+            self._check_attack(self.attack)
         privacy = self.aggregation.privacy
         if privacy is not None:
             if privacy.placement == "distributed" and self.aggregation.mode != "secure":
@@ -175,6 +206,24 @@ class FederationConfig(_Section):
                 )
         return self
 
+    def _check_attack(self, attack: AttackSpec) -> None:
+        strangers = sorted(set(attack.silos) - set(self.silo_ids))
+        if strangers:
+            raise ValueError(f"attack.silos: {strangers} are not in the roster {self.silo_ids}")
+        if attack.kind in COLLUDING_KINDS:
+            raise ValueError(f"attack.kind: {attack.kind} computes its update from other silos' updates, which a silo "
+                             "does not see here; run it in benchmarks/attacks.py")
+        if attack.kind == "model_replacement" and attack.boost is None:
+            raise ValueError("attack.boost: model replacement here needs an explicit boost (a silo does not see the "
+                             "round's total weight to compute it)")
+        if attack.trigger is not None:
+            from fl_core.preprocess import FeatureEncoder
+
+            width = FeatureEncoder(self.contract.features).n_outputs
+            if max(attack.trigger_columns) >= width:
+                raise ValueError(f"attack.trigger_columns: {list(attack.trigger_columns)} index the model's {width} "
+                                 "encoded inputs")
+
     # -- derived -----------------------------------------------------------------------------------
     @property
     def source(self) -> Path | None:
@@ -183,6 +232,12 @@ class FederationConfig(_Section):
     @property
     def silo_ids(self) -> list[str]:
         return [s.id for s in self.silos]
+
+    def buckets(self, round_number: int) -> list[tuple[str, ...]]:
+        """Bucketed mode: round `round_number`'s buckets, a shuffle seeded by the federation's seed and
+        the round, so that every silo can recompute (and check) what the coordinator announces."""
+        rng = numpy_rng(derive_seed(self.seed, "buckets", round_number))
+        return robust.assign_buckets(self.silo_ids, self.aggregation.min_bucket, rng)
 
     def silo(self, silo_id: str) -> SiloConfig:
         for silo in self.silos:

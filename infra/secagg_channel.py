@@ -6,6 +6,12 @@
     federations/<f>/rounds/<r>/secagg/<phase>/<silo>.json  a silo's signed message of a phase
     federations/<f>/rounds/<r>/secagg/masked/<silo>.arrow  a silo's masked vector (uint32, Arrow IPC)
 
+In bucketed mode each bucket k runs its own instance of the protocol under
+``rounds/<r>/secagg/bucket-<k>/`` (its sets u1, u2, u3 and its silos' messages), next to the round's
+one signed plan that lists the buckets. Every message of bucket k is bound to the instance name
+``<f>:bucket-<k>`` (`instance_name`) in place of the federation id — in its signed header, its key
+derivations and its share encryption — so nothing of one bucket can be replayed into another.
+
 Identities are published once and never replaced (the exchange refuses overwrites); each silo
 also pins the coordinator's key the first time it sees it and refuses a different one afterwards
 (trust on first use; explicit enrolment of silos comes with the federated mode).
@@ -26,11 +32,18 @@ from infra.exchange import Exchange, ObjectRef
 COORDINATOR = "coordinator"
 
 
+def instance_name(federation: str, bucket: int | None) -> str:
+    """The name a secure-aggregation instance binds its messages to: the federation id, or
+    ``<federation>:bucket-<k>`` for bucket k (':' cannot occur in a federation id)."""
+    return federation if bucket is None else f"{federation}:bucket-{bucket}"
+
+
 class SecAggChannel:
-    def __init__(self, exchange: Exchange, round_number: int):
+    def __init__(self, exchange: Exchange, round_number: int, bucket: int | None = None):
         self.exchange = exchange
         self.round_number = round_number
-        self.base = f"{exchange.round_prefix(round_number)}/secagg"
+        self.bucket = bucket
+        self.base = f"{exchange.round_prefix(round_number)}/secagg" + ("" if bucket is None else f"/bucket-{bucket}")
 
     # -- identities ---------------------------------------------------------------------------------
     def _identity_key(self, party: str) -> str:

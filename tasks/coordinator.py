@@ -163,6 +163,9 @@ def start_job(config: FederationConfig, state: StateDir, rounds: int | None) -> 
         },
     )
     tracker.log_json(job_run_id, "federation.json", config.model_dump(mode="json"))
+    if config.attack is not None:
+        tracker.set_tags(job_run_id, {f"{TAG}attack": _attack_tag(config)})
+        reporter().note(f"EXPERIMENT: {_attack_tag(config)}")
     return JobStart(job_run_id=job_run_id, first_round=first, last_round=first + total - 1, n_parameters=n_parameters)
 
 
@@ -278,7 +281,14 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
         merge = config.aggregation.merge_rule()
         merged = merge(deltas, weights)
         if config.aggregation.anomaly is not None:
-            anomaly, merged, training = _score(config, plan, training, deltas, weights, merged, merge)
+            anomaly, merged, excluded = score_merge(config, plan, training.silos_in, deltas, weights, merged, merge)
+            if excluded:
+                training = Participation(
+                    manifests={s: m for s, m in training.manifests.items() if s not in excluded},
+                    out={**training.out, **{s: f"excluded: anomalous update ({', '.join(anomaly['scores'][s]['flags'])})"
+                                            for s in excluded}},
+                    validations=training.validations,
+                )
         new_global = config.aggregation.fedavg().apply(start, merged)
     else:
         # DP-FedAvg: clip each update, capped weights, Gaussian noise of std z·C on the weighted sum.
@@ -294,38 +304,42 @@ def aggregate(config: FederationConfig, state: StateDir, plan: RoundPlan, outcom
                      spent=spent, anomaly=anomaly)
 
 
-def _score(config: FederationConfig, plan: RoundPlan, training: Participation, deltas, weights, merged, merge):
-    """Anomaly scores of this round's updates against the merged update, the streaks carried from the
-    previous round's record, and — if the policy says so and quorum still holds — the merge redone
-    without the flagged updates. Returns (anomaly report, merged update, participation)."""
+def score_merge(config: FederationConfig, plan: RoundPlan, names: list[str], vectors, weights, merged, merge,
+                members: dict[str, list[str]] | None = None):
+    """Anomaly scores of this round's updates (trusted mode: `names` are silos) or bucket means
+    (bucketed mode: `names` are buckets, `members` the silos summed in each) against the merged
+    update; each silo's streak of flagged rounds (a silo in a flagged bucket counts as flagged),
+    carried from the previous round's record through the plan; and — if the policy says so and
+    quorum still holds — the merge redone without the flagged vectors. Returns (anomaly report,
+    merged update, names left out of the merge)."""
     spec, r = config.aggregation.anomaly, plan.round_number
-    silos = training.silos_in
-    scores = score_updates(dict(zip(silos, deltas)), merged, spec)
-    counts = streaks(plan.anomaly_streaks, scores)
-    flagged = sorted(s for s, score in scores.items() if score.flags)
+    scores = score_updates(dict(zip(names, vectors, strict=True)), merged, spec)
+    per_silo = scores if members is None else {s: scores[name] for name, silos in members.items() for s in silos}
+    counts = streaks(plan.anomaly_streaks, per_silo)
+    flagged = sorted(name for name, score in scores.items() if score.flags)
+    left = sum(len(members[name]) if members else 1 for name in names if name not in flagged)
     excluded = []
-    if spec.exclude and flagged and len(silos) - len(flagged) >= config.aggregation.min_silos:
-        kept = [i for i, s in enumerate(silos) if s not in flagged]
+    if spec.exclude and flagged and left >= config.aggregation.min_silos:
+        kept = [i for i, name in enumerate(names) if name not in flagged]
         try:
-            merged = merge([deltas[i] for i in kept], [weights[i] for i in kept])
+            merged = merge([vectors[i] for i in kept], [weights[i] for i in kept])
             excluded = flagged
-        except AggregationError as exc:  # the rule cannot run on what is left: keep every update
-            get_run_logger().warning("round %d: flagged updates kept in the merge: %s", r, exc)
-    if excluded:
-        training = Participation(
-            manifests={s: m for s, m in training.manifests.items() if s not in excluded},
-            out={**training.out, **{s: f"excluded: anomalous update ({', '.join(scores[s].flags)})" for s in excluded}},
-            validations=training.validations,
-        )
-    report = {"scores": {s: score.to_dict() for s, score in scores.items()}, "flagged": flagged,
+        except AggregationError as exc:  # the rule cannot run on what is left: keep every vector
+            get_run_logger().warning("round %d: flagged vectors kept in the merge: %s", r, exc)
+    report = {"scores": {name: score.to_dict() for name, score in scores.items()}, "flagged": flagged,
               "streaks": counts, "reported": reported(counts, spec), "excluded": excluded}
+    if members is not None:
+        report["members"] = {name: list(silos) for name, silos in members.items()}
     logger = get_run_logger()
-    for silo in flagged:
-        logger.warning("round %d: %s's update is anomalous (%s)%s", r, silo, ", ".join(scores[silo].flags),
-                       " and left out of the merge" if silo in excluded else "")
+    what = "update" if members is None else "mean"
+    for name in flagged:
+        logger.warning("round %d: %s's %s is anomalous (%s)%s", r, name, what, ", ".join(scores[name].flags),
+                       " and left out of the merge" if name in excluded else "")
     for silo in report["reported"]:
-        reporter().note(f"round {r}: {silo} flagged {counts[silo]} rounds in a row ({', '.join(scores[silo].flags)})")
-    return report, merged, training
+        where = "" if members is None else " (in a flagged bucket)"
+        flags = f" ({', '.join(per_silo[silo].flags)})" if silo in per_silo else " (absent this round)"
+        reporter().note(f"round {r}: {silo} flagged{where} {counts[silo]} rounds in a row{flags}")
+    return report, merged, excluded
 
 
 def _metrics(raw: dict) -> Metrics:
@@ -403,6 +417,9 @@ def _round_metrics(aggregated: Aggregate, assessment: Assessment, timings: dict[
         metrics["secagg.dropped"] = float(stats["dropped"])
         metrics["secagg.recovered"] = float(stats["recovered"])
         metrics["secagg.clipped"] = float(len(stats["clipped"]))
+        if "buckets" in stats:
+            metrics["secagg.buckets"] = float(len(stats["buckets"]))
+            metrics["secagg.buckets_lost"] = float(len(stats["lost"]))
         for silo, sent in stats["bytes"].items():
             metrics[f"secagg.bytes.{silo}"] = float(sent)
     metrics["gate.passed"] = 1.0 if assessment.gate.passed else 0.0
@@ -420,6 +437,11 @@ def _gate_json(gate: GateDecision) -> dict:
         "undefined": list(gate.undefined),
         "checks": [asdict(c) for c in gate.checks],
     }
+
+
+def _attack_tag(config: FederationConfig) -> str:
+    attack = config.attack
+    return f"{', '.join(attack.silos)} ran the {attack.kind} attack named in the config (an experiment)"
 
 
 def _dp_tag(what: str, p: dict, clip: str) -> str:
@@ -452,6 +474,8 @@ def _lineage_tags(
         f"{TAG}gate.metric": gate.metric,
         f"{TAG}gate.summary": gate.summary(),
     }
+    if config.attack is not None:
+        lineage[f"{TAG}attack"] = _attack_tag(config)
     for silo, manifest in aggregated.training.manifests.items():
         if manifest.get("privacy"):
             lineage[f"{TAG}dp.{silo}"] = _dp_tag("record-level DP-SGD", manifest["privacy"], "max_grad_norm")
@@ -468,10 +492,16 @@ def _lineage_tags(
         )
     if aggregated.secure is not None:
         stats = aggregated.secure
+        threshold = stats["threshold"]
         lineage[f"{TAG}secagg"] = (
-            f"threshold {stats['threshold']}, masked {stats['masked']}, dropped {stats['dropped']}, "
-            f"recovered {','.join(stats['recovered_silos']) or 'none'}"
+            f"threshold {threshold if isinstance(threshold, int) else 'per bucket'}, masked {stats['masked']}, "
+            f"dropped {stats['dropped']}, recovered {','.join(stats['recovered_silos']) or 'none'}"
         )
+        if "buckets" in stats:  # which silos were summed together, and which buckets were lost
+            lineage[f"{TAG}buckets"] = "; ".join(
+                [f"{name}: {','.join(b['summed'])} of {','.join(b['silos'])} (threshold {b['threshold']})"
+                 for name, b in stats["buckets"].items()] + [f"lost {why}" for why in stats["lost"].values()]
+            )
     for check in gate.checks:
         lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
     for silo, fp in fingerprints.items():

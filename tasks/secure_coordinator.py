@@ -2,62 +2,106 @@
 what arrived, fix the next participant set and sign it; finally unmask the sum and take the
 FedAvg step. The coordinator holds public keys, commitments and the sum of masked vectors; it
 never holds a silo's unmasked update.
+
+In ``bucketed`` mode the same tasks run one instance of the protocol per bucket (the buckets are
+the seeded shuffle `FederationConfig.buckets`, announced in the round's signed plan and checked by
+every silo): a bucket that falls below its threshold leaves the round — its silos counted out with
+the reason — while the others go on, and the configured robust rule merges the means of the buckets
+that were unmasked (Karimireddy, He & Jaggi, ICLR 2022, with each bucket mean a secure sum). The
+coordinator then holds one sum per bucket, each over at least a strict majority of the bucket's
+``min_bucket`` or more silos, and still no single silo's update.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from fl_core import robust
 from fl_core.dp.distributed import noise_rng
-from fl_core.errors import ThresholdError
+from fl_core.errors import ThresholdError, TooFewUpdates
 from fl_core.quorum import require_quorum
 from fl_core.secagg import client, crypto, server
 from fl_core.secagg.client import RoundContext
 from fl_core.secagg.weighting import mean_update
 from infra.config import FederationConfig
 from infra.dispatch import SiloOutcome
-from infra.exchange import exchange_for
+from infra.exchange import Exchange, exchange_for
 from infra.keystore import coordinator_identity
-from infra.secagg_channel import COORDINATOR, SecAggChannel
+from infra.secagg_channel import COORDINATOR, SecAggChannel, instance_name
 from infra.state import StateDir
 from tasks.common import binding
-from tasks.coordinator import Aggregate, Participation, RoundPlan, privacy_spent, sort_outcomes
+from tasks.coordinator import Aggregate, Participation, RoundPlan, privacy_spent, score_merge, sort_outcomes
 from tasks.privacy import SiloLevel, charge
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bucket:
+    """One instance of the protocol: the whole roster (secure mode, ``index`` None) or bucket ``index``."""
+
+    index: int | None
+    ctx: RoundContext
+    weight_scale: float = 1.0  # the largest n_samples in U1: weights travel as n / weight_scale
+    identities: dict[str, bytes] = field(default_factory=dict, repr=False)
+    adverts: server.Adverts | None = None
+    shares: server.Shares | None = None
+    masked: server.Masked | None = None
+
+    @property
+    def name(self) -> str:
+        return "sum" if self.index is None else f"bucket-{self.index}"
+
+    def channel(self, exchange: Exchange) -> SecAggChannel:
+        return SecAggChannel(exchange, self.ctx.round_number, self.index)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecureRound:
     """The coordinator's public view of a round in progress."""
 
-    ctx: RoundContext
+    round_number: int
     length: int
+    buckets: tuple[Bucket, ...]  # the instances still running
     train: dict[str, dict] = field(default_factory=dict)  # train manifests of the participants
     validations: dict[str, dict] = field(default_factory=dict)
     out: dict[str, str] = field(default_factory=dict)  # silo -> why it is not in the sum
+    lost: dict[str, str] = field(default_factory=dict)  # bucket -> why it left the round
     bytes: dict[str, int] = field(default_factory=dict)  # silo -> bytes it published
     clipped: dict[str, bool] = field(default_factory=dict)
-    identities: dict[str, bytes] = field(default_factory=dict, repr=False)
-    adverts: server.Adverts | None = None
-    shares: server.Shares | None = None
-    masked: server.Masked | None = None
+
+    def _union(self, pick: Callable[[Bucket], list[str]]) -> list[str]:
+        return sorted(s for bucket in self.buckets for s in pick(bucket))
+
+    @property
+    def u1(self) -> list[str]:
+        return self._union(lambda b: b.adverts.u1)
+
+    @property
+    def u2(self) -> list[str]:
+        return self._union(lambda b: b.shares.u2)
+
+    @property
+    def survivors(self) -> list[str]:
+        return self._union(lambda b: b.masked.survivors)
 
 
-def _channel(config: FederationConfig, state: StateDir, round_number: int) -> SecAggChannel:
-    return SecAggChannel(exchange_for(config, state), round_number)
+def _sign_set(config: FederationConfig, state: StateDir, bucket: Bucket, name: str, body: dict) -> None:
+    envelope = crypto.seal(coordinator_identity(state), bucket.ctx.header(name, COORDINATOR), body)
+    bucket.channel(exchange_for(config, state)).publish_set(name, envelope)
 
 
-def _sign_set(config: FederationConfig, state: StateDir, sr: SecureRound, name: str, body: dict) -> None:
-    envelope = crypto.seal(coordinator_identity(state), sr.ctx.header(name, COORDINATOR), body)
-    _channel(config, state, sr.ctx.round_number).publish_set(name, envelope)
+def _announce(config: FederationConfig, state: StateDir, sr: SecureRound, name: str, body: Callable[[Bucket], dict]) -> None:
+    for bucket in sr.buckets:
+        _sign_set(config, state, bucket, name, body(bucket))
 
 
 def _answered(sr: SecureRound, outcomes: list[SiloOutcome], phase: str, federation: str) -> tuple[SecureRound, list[str]]:
     """Fold a phase's outcomes into the round: who answered, who dropped (and why), bytes sent."""
-    got = sort_outcomes(outcomes, federation, sr.ctx.round_number, phase)
+    got = sort_outcomes(outcomes, federation, sr.round_number, phase)
     out = {**sr.out, **{s: f"dropped at {phase}: {why}" for s, why in got.out.items()}}
     sent = dict(sr.bytes)
     for silo, manifest in got.manifests.items():
@@ -65,136 +109,216 @@ def _answered(sr: SecureRound, outcomes: list[SiloOutcome], phase: str, federati
     return replace(sr, out=out, bytes=sent), got.silos_in
 
 
-def _refused(sr: SecureRound, phase: str, rejected: dict[str, str]) -> SecureRound:
-    """Silos whose messages failed a check: logged now, and out of the round from here on."""
+Step = Callable[[Bucket], tuple[Bucket, dict[str, str]]]
+
+
+def _advance(sr: SecureRound, phase: str, step: Step) -> SecureRound:
+    """Run one coordinator step of `phase` on every live bucket; `step` returns the bucket and the
+    silos whose messages failed a check (logged, and out of the round from here on). A bucket whose
+    protocol falls below its threshold leaves the round in bucketed mode; in secure mode, where it is
+    the only sum, the round ends."""
     logger = get_run_logger()
-    for silo, why in sorted(rejected.items()):
-        logger.warning("round %d %s: %s rejected and treated as dropped: %s", sr.ctx.round_number, phase, silo, why)
-    return replace(sr, out={**sr.out, **{s: f"refused at {phase}: {why}" for s, why in rejected.items()}})
+    live, out, lost = [], dict(sr.out), dict(sr.lost)
+    for bucket in sr.buckets:
+        try:
+            bucket, rejected = step(bucket)
+        except ThresholdError as exc:
+            if bucket.index is None:
+                reasons = "; ".join(f"{s}: {why}" for s, why in sorted(sr.out.items())) or "no silo answered"
+                raise ThresholdError(f"round {sr.round_number} {phase}: {exc} ({reasons})") from None
+            why = f"{bucket.name} fell below its threshold at {phase}: {exc}"
+            logger.warning("round %d: %s; its silos leave the round", sr.round_number, why)
+            lost[bucket.name] = why
+            out.update({s: why for s in bucket.ctx.roster if s not in out})
+            continue
+        for silo, why in sorted(rejected.items()):
+            logger.warning("round %d %s: %s rejected and treated as dropped: %s", sr.round_number, phase, silo, why)
+            out[silo] = f"refused at {phase}: {why}"
+        live.append(bucket)
+    return replace(sr, buckets=tuple(live), out=out, lost=lost)
 
 
-def _threshold(sr: SecureRound, phase: str, exc: ThresholdError) -> ThresholdError:
-    reasons = "; ".join(f"{s}: {why}" for s, why in sorted(sr.out.items())) or "no silo answered"
-    return ThresholdError(f"round {sr.ctx.round_number} {phase}: {exc} ({reasons})")
+def _quorum(config: FederationConfig, sr: SecureRound, silos: list[str], phase: str) -> None:
+    """Enough silos for the federation, and in bucketed mode enough buckets for the robust rule."""
+    where = f"round {sr.round_number} {phase}"
+    require_quorum(silos, sr.out, config.aggregation.min_silos, where)
+    if config.aggregation.mode != "bucketed":
+        return
+    aggregation, n = config.aggregation, len(sr.buckets)
+    lost = "; ".join(sr.lost.values()) or "none lost"
+    try:
+        tolerated = robust.tolerated_faults(aggregation.rule, n, **aggregation.robust) if n else -1
+    except TooFewUpdates as exc:
+        raise TooFewUpdates(f"{where}: {n} bucket(s) left ({lost}); {exc}") from None
+    f = aggregation.robust.get("f")
+    if n == 0 or (f is not None and f > tolerated):
+        raise TooFewUpdates(f"{where}: {n} bucket(s) left ({lost}); {aggregation.rule} with f = {f} needs more")
 
 
 @task(name="secure-open", cache_policy=NONE, persist_result=False)
 def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan, n_parameters: int) -> SecureRound:
-    """Publish the coordinator's identity and the round's signed plan (roster, threshold, length)."""
-    spec = config.aggregation.secure
-    ctx = RoundContext(
-        federation=config.federation, round_number=plan.round_number, roster=tuple(config.silo_ids),
-        threshold=spec.threshold_for(len(config.silo_ids)),
-    )
-    sr = SecureRound(ctx=ctx, length=n_parameters + 1)
-    channel = _channel(config, state, plan.round_number)
+    """Publish the coordinator's identity and the round's signed plan: roster and threshold, or the
+    buckets with theirs; vector length; clipping and quantisation; silo-level DP."""
+    spec, r = config.aggregation.secure, plan.round_number
+    whole = RoundContext(federation=config.federation, round_number=r, roster=tuple(config.silo_ids),
+                         threshold=spec.threshold_for(len(config.silo_ids)))
+    body: dict = {"roster": list(whole.roster)}
+    if config.aggregation.mode == "bucketed":
+        buckets = tuple(
+            Bucket(index=k, ctx=RoundContext(federation=instance_name(config.federation, k), round_number=r,
+                                             roster=members, threshold=spec.threshold_for(len(members))))
+            for k, members in enumerate(config.buckets(r))
+        )
+        body["buckets"] = [{"silos": list(b.ctx.roster), "threshold": b.ctx.threshold} for b in buckets]
+        get_run_logger().info("round %d buckets: %s", r, "; ".join(f"{b.name} {','.join(b.ctx.roster)}" for b in buckets))
+    else:
+        buckets = (Bucket(index=None, ctx=whole),)
+        body["threshold"] = whole.threshold
+    sr = SecureRound(round_number=r, length=n_parameters + 1, buckets=buckets)
+    channel = SecAggChannel(exchange_for(config, state), r)
     channel.publish_identity(COORDINATOR, crypto.identity_public(coordinator_identity(state)))
-    body = {
-        "roster": list(ctx.roster), "threshold": ctx.threshold, "length": sr.length,
-        "clip_norm": spec.clip_norm, "bits": spec.bits,
-    }
+    body.update({"length": sr.length, "clip_norm": spec.clip_norm, "bits": spec.bits})
     level = SiloLevel.of(config, n_parameters)
     if level is not None:
         body["privacy"] = level.plan()
-    _sign_set(config, state, sr, "plan", body)
+    _sign_set(config, state, Bucket(index=None, ctx=whole), "plan", body)
     return sr
 
 
 @task(name="secure-keys", cache_policy=NONE, persist_result=False)
 def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
     """Verify the advertised keys (U1) and announce U1 with identities and the weight scale."""
-    got = sort_outcomes(outcomes, config.federation, sr.ctx.round_number, "train")
+    r = sr.round_number
+    got = sort_outcomes(outcomes, config.federation, r, "train")
     sr = replace(sr, train=got.manifests, validations=got.validations,
-                 out={s: f"dropped at train: {why}" for s, why in got.out.items()})
-    sr = replace(sr, bytes={s: int(m.get("bytes", 0)) for s, m in got.manifests.items()})
-    require_quorum(got.silos_in, sr.out, config.aggregation.min_silos, f"round {sr.ctx.round_number} training")
-    channel = _channel(config, state, sr.ctx.round_number)
-    identities = channel.identities(got.silos_in)
-    try:
-        adverts = server.collect_adverts(sr.ctx, channel.read(client.KEYS, got.silos_in), identities)
-    except ThresholdError as exc:
-        raise _threshold(sr, "keys", exc) from None
-    sr = _refused(sr, "keys", adverts.rejected)
-    require_quorum(adverts.u1, sr.out, config.aggregation.min_silos, f"round {sr.ctx.round_number} keys")
-    weight_scale = max(float(sr.train[s]["n_samples"]) for s in adverts.u1)
-    _sign_set(config, state, sr, "u1", {
-        "u1": adverts.u1, "identities": {s: crypto.b64(identities[s]) for s in adverts.u1}, "weight_scale": weight_scale,
+                 out={s: f"dropped at train: {why}" for s, why in got.out.items()},
+                 bytes={s: int(m.get("bytes", 0)) for s, m in got.manifests.items()})
+    require_quorum(got.silos_in, sr.out, config.aggregation.min_silos, f"round {r} training")
+    exchange = exchange_for(config, state)
+    identities = SecAggChannel(exchange, r).identities(got.silos_in)
+
+    def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
+        present = [s for s in got.silos_in if s in bucket.ctx.roster]
+        adverts = server.collect_adverts(bucket.ctx, bucket.channel(exchange).read(client.KEYS, present), identities)
+        scale = max(float(sr.train[s]["n_samples"]) for s in adverts.u1)
+        return replace(bucket, adverts=adverts, identities={s: identities[s] for s in adverts.u1}, weight_scale=scale), \
+            adverts.rejected
+
+    sr = _advance(sr, "keys", step)
+    _quorum(config, sr, sr.u1, "keys")
+    _announce(config, state, sr, "u1", lambda b: {
+        "u1": b.adverts.u1, "identities": {s: crypto.b64(k) for s, k in b.identities.items()},
+        "weight_scale": b.weight_scale,
     })
-    return replace(sr, adverts=adverts, identities={s: identities[s] for s in adverts.u1})
+    return sr
 
 
 @task(name="secure-shares", cache_policy=NONE, persist_result=False)
 def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
     sr, answered = _answered(sr, outcomes, "shares", config.federation)
-    channel = _channel(config, state, sr.ctx.round_number)
-    try:
-        shares = server.collect_shares(sr.ctx, sr.adverts.u1, channel.read(client.SHARES, answered), sr.identities)
-    except ThresholdError as exc:
-        raise _threshold(sr, "shares", exc) from None
-    sr = _refused(sr, "shares", shares.rejected)
-    require_quorum(shares.u2, sr.out, config.aggregation.min_silos, f"round {sr.ctx.round_number} shares")
-    _sign_set(config, state, sr, "u2", {"u2": shares.u2})
-    return replace(sr, shares=shares)
+    exchange = exchange_for(config, state)
+
+    def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
+        mine = [s for s in answered if s in bucket.ctx.roster]
+        shares = server.collect_shares(bucket.ctx, bucket.adverts.u1, bucket.channel(exchange).read(client.SHARES, mine),
+                                       bucket.identities)
+        return replace(bucket, shares=shares), shares.rejected
+
+    sr = _advance(sr, "shares", step)
+    _quorum(config, sr, sr.u2, "shares")
+    _announce(config, state, sr, "u2", lambda b: {"u2": b.shares.u2})
+    return sr
 
 
 @task(name="secure-masked", cache_policy=NONE, persist_result=False)
 def secure_masked(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
     """Verify and sum the masked inputs; announce the survivors and the dropped (U3, D)."""
     sr, answered = _answered(sr, outcomes, "masked", config.federation)
-    clipped = {s: bool(m.get("clipped")) for s, m in sort_outcomes(outcomes, config.federation, sr.ctx.round_number, "masked").manifests.items()}
-    channel = _channel(config, state, sr.ctx.round_number)
-    try:
-        masked = server.collect_masked(sr.ctx, sr.shares.u2, channel.read_masked(answered), sr.identities, sr.length)
-    except ThresholdError as exc:
-        raise _threshold(sr, "masked input", exc) from None
-    sr = _refused(sr, "masked input", masked.rejected)
-    require_quorum(masked.survivors, sr.out, config.aggregation.min_silos, f"round {sr.ctx.round_number} masked input")
-    _sign_set(config, state, sr, "u3", {"survivors": masked.survivors, "dropped": masked.dropped})
-    return replace(sr, masked=masked, clipped=clipped)
+    clipped = {s: bool(m.get("clipped")) for s, m in sort_outcomes(outcomes, config.federation, sr.round_number, "masked").manifests.items()}
+    exchange = exchange_for(config, state)
+
+    def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
+        mine = [s for s in answered if s in bucket.ctx.roster]
+        masked = server.collect_masked(bucket.ctx, bucket.shares.u2, bucket.channel(exchange).read_masked(mine),
+                                       bucket.identities, sr.length)
+        return replace(bucket, masked=masked), masked.rejected
+
+    sr = _advance(replace(sr, clipped=clipped), "masked input", step)
+    _quorum(config, sr, sr.survivors, "masked input")
+    _announce(config, state, sr, "u3", lambda b: {"survivors": b.masked.survivors, "dropped": b.masked.dropped})
+    return sr
 
 
 @task(name="secure-unmask", cache_policy=NONE, persist_result=False)
 def secure_unmask(
     config: FederationConfig, state: StateDir, sr: SecureRound, plan: RoundPlan, outcomes: list[SiloOutcome]
 ) -> Aggregate:
-    """Remove the masks, decode the sum, take the FedAvg step and publish the new global model."""
+    """Remove the masks, decode the sum(s), merge (FedAvg step, or the robust rule over bucket means)
+    and publish the new global model."""
     began = time.perf_counter()
     sr, answered = _answered(sr, outcomes, "unmask", config.federation)
-    r = sr.ctx.round_number
-    channel = _channel(config, state, r)
-    reveals = channel.read(client.UNMASK, [s for s in answered if s in sr.masked.survivors])
-    try:
-        result = server.unmask(sr.ctx, sr.masked, sr.adverts, sr.shares, reveals, sr.identities)
-    except ThresholdError as exc:
-        raise _threshold(sr, "unmasking", exc) from None
-    decoded = config.aggregation.secure.quantizer().decode_sum(result.total)
-    survivors = result.survivors
-    level = SiloLevel.of(config, plan.n_parameters)
-    if level is not None and level.central_std() > 0:  # central placement: noise on the decoded weighted sum
-        decoded[:-1] += noise_rng().normal(0.0, level.central_std(), size=len(decoded) - 1)
-    mean_delta, _ = mean_update(decoded)
-    del decoded
+    r = sr.round_number
     exchange = exchange_for(config, state)
+    results: dict[str, server.Unmasked] = {}
+
+    def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
+        reveals = bucket.channel(exchange).read(client.UNMASK, [s for s in answered if s in bucket.masked.survivors])
+        results[bucket.name] = server.unmask(bucket.ctx, bucket.masked, bucket.adverts, bucket.shares, reveals,
+                                             bucket.identities)
+        return bucket, {}
+
+    sr = _advance(sr, "unmasking", step)
+    _quorum(config, sr, sr.survivors, "unmasking")
+    quantizer = config.aggregation.secure.quantizer()
+    level = SiloLevel.of(config, plan.n_parameters)
+    anomaly, excluded = None, []
+    if config.aggregation.mode == "bucketed":
+        names = [b.name for b in sr.buckets]
+        means, weights = [], []
+        for bucket in sr.buckets:
+            mean, weight = mean_update(quantizer.decode_sum(results[bucket.name].total))
+            means.append(mean)
+            weights.append(weight * bucket.weight_scale)  # Σ n_samples of the bucket's survivors
+        merge = config.aggregation.merge_rule()
+        mean_delta = merge(means, weights)
+        if config.aggregation.anomaly is not None:
+            members = {b.name: results[b.name].survivors for b in sr.buckets}
+            anomaly, mean_delta, excluded = score_merge(config, plan, names, means, weights, mean_delta, merge, members)
+        del means
+    else:
+        decoded = quantizer.decode_sum(results["sum"].total)
+        if level is not None and level.central_std() > 0:  # central placement: noise on the decoded weighted sum
+            decoded[:-1] += noise_rng().normal(0.0, level.central_std(), size=len(decoded) - 1)
+        mean_delta, _ = mean_update(decoded)
+        del decoded
     start = exchange.get_vector(plan.global_ref, expect={"federation": config.federation, "round": r - 1, "phase": "global"})
     new_global = config.aggregation.fedavg().apply(start, mean_delta)
+    survivors = sorted(s for name, result in results.items() if name not in excluded for s in result.survivors)
+    out = {s: why for s, why in sr.out.items() if s not in survivors}
+    for name in excluded:
+        for silo in results[name].survivors:
+            out[silo] = f"excluded: {name}'s mean is anomalous ({', '.join(anomaly['scores'][name]['flags'])})"
     privacy = None
     if level is not None:
         clipped = sum(1 for s in survivors if sr.clipped.get(s)) / len(survivors)
         privacy = charge(config, state, level, r, level.event(len(survivors)), clipped)
     ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
-    training = Participation(
-        manifests={s: sr.train[s] for s in survivors},
-        out={s: why for s, why in sr.out.items() if s not in survivors},
-        validations=sr.validations,
-    )
+    training = Participation(manifests={s: sr.train[s] for s in survivors}, out=out, validations=sr.validations)
+    recovered = sorted(s for result in results.values() for s in result.recovered)
     stats = {
-        "masked": len(survivors),
-        "dropped": len(sr.adverts.u1) - len(survivors),
-        "recovered": len(result.recovered),
-        "recovered_silos": result.recovered,
-        "threshold": sr.ctx.threshold,
+        "masked": sum(len(result.survivors) for result in results.values()),
+        "dropped": len(sr.u1) - sum(len(result.survivors) for result in results.values()),
+        "recovered": len(recovered),
+        "recovered_silos": recovered,
+        "threshold": sr.buckets[0].ctx.threshold if config.aggregation.mode == "secure" else
+        {b.name: b.ctx.threshold for b in sr.buckets},
         "bytes": sr.bytes,
         "clipped": sorted(s for s, c in sr.clipped.items() if c and s in survivors),
     }
+    if config.aggregation.mode == "bucketed":
+        stats["buckets"] = {b.name: {"silos": list(b.ctx.roster), "threshold": b.ctx.threshold,
+                                     "summed": results[b.name].survivors, "weight": round(w, 3)}
+                            for b, w in zip(sr.buckets, weights, strict=True)}
+        stats["lost"] = sr.lost
     return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, secure=stats,
-                     privacy=privacy, spent=privacy_spent(sr.train))
+                     privacy=privacy, spent=privacy_spent(sr.train), anomaly=anomaly)

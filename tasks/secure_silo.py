@@ -23,19 +23,23 @@ from fl_core.seeding import derive_seed, numpy_rng
 from infra.config import FederationConfig
 from infra.exchange import exchange_for
 from infra.keystore import RoundSecrets, silo_identity
-from infra.secagg_channel import SecAggChannel, pinned_coordinator
+from infra.secagg_channel import SecAggChannel, instance_name, pinned_coordinator
 from infra.state import StateDir
 from tasks.privacy import SiloLevel
 
 
 class _Session:
-    """The round as this silo sees it, after checking the coordinator's plan."""
+    """The round as this silo sees it, after checking the coordinator's plan. In bucketed mode the
+    silo recomputes the round's seeded buckets itself and refuses a plan that places it otherwise
+    (so a coordinator cannot hand-pick a bucket around one silo); it then talks only to its bucket's
+    instance of the protocol."""
 
     def __init__(self, config: FederationConfig, silo_id: str, round_number: int, state: StateDir):
         self.config, self.silo, self.round_number = config, silo_id, round_number
-        self.channel = SecAggChannel(exchange_for(config, state), round_number)
+        exchange = exchange_for(config, state)
+        self.channel = SecAggChannel(exchange, round_number)
         self.coordinator = pinned_coordinator(self.channel, state.silo(silo_id) / "trust")
-        plan = self.read_set("plan")
+        plan = self.channel.read_set("plan", self.coordinator, config.federation)
         spec = config.aggregation.secure
         if (float(plan["clip_norm"]), int(plan["bits"])) != (spec.clip_norm, spec.bits):
             raise ConfigError(
@@ -48,15 +52,26 @@ class _Session:
         mine = self.privacy.plan() if self.privacy is not None else None
         if plan.get("privacy") != mine:
             raise ConfigError(f"the coordinator's plan has silo-level DP {plan.get('privacy')}, this silo's config {mine}")
+        bucket, roster, threshold = None, tuple(plan["roster"]), plan.get("threshold")
+        if config.aggregation.mode == "bucketed" or "buckets" in plan:
+            expected = [{"silos": list(b), "threshold": spec.threshold_for(len(b))} for b in config.buckets(round_number)]
+            if config.aggregation.mode != "bucketed" or plan.get("buckets") != expected:
+                raise ConfigError(
+                    f"the coordinator's buckets for round {round_number} ({plan.get('buckets')}) differ from the seeded "
+                    f"shuffle this silo's config gives ({expected})"
+                )
+            bucket = next(k for k, b in enumerate(expected) if silo_id in b["silos"])
+            roster, threshold = tuple(expected[bucket]["silos"]), expected[bucket]["threshold"]
+            self.channel = SecAggChannel(exchange, round_number, bucket)
         self.ctx = RoundContext(
-            federation=config.federation, round_number=round_number, roster=tuple(plan["roster"]),
-            threshold=int(plan["threshold"]),
+            federation=instance_name(config.federation, bucket), round_number=round_number, roster=roster,
+            threshold=int(threshold),
         )
         self.identity = silo_identity(state, silo_id)
         self.secrets = RoundSecrets(state, silo_id, config.federation, round_number)
 
     def read_set(self, name: str) -> dict:
-        return self.channel.read_set(name, self.coordinator, self.config.federation)
+        return self.channel.read_set(name, self.coordinator, self.ctx.federation)
 
     def identities(self) -> tuple[dict, dict[str, bytes]]:
         u1 = self.read_set("u1")

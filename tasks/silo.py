@@ -11,13 +11,14 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from fl_core.attacks import Adversary
 from fl_core.dp.distributed import noise_rng
 from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
 from fl_core.errors import BudgetExceeded, DataError, IntegrityError
 from fl_core.evaluation import evaluate
 from fl_core.models import build_model
 from fl_core.params import flatten, load_flat_inplace
-from fl_core.seeding import derive_seed
+from fl_core.seeding import derive_seed, numpy_rng
 from fl_core.training import train_local
 from infra.config import FederationConfig
 from infra.exchange import ObjectRef, exchange_for
@@ -74,10 +75,16 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
     seed = derive_seed(config.seed, "train", round_number, silo_id)
     policy = config.silo(silo_id).privacy
     privacy = None
+    attack = config.attack if config.attack is not None and silo_id in config.attack.silos else None
+    x, y = data.x_train, data.y_train
+    if attack is not None:  # an experiment: this silo is one of the config's named attackers
+        get_run_logger().warning("EXPERIMENT: this silo runs the %s attack named in the config", attack.kind)
+        attack_rng = numpy_rng(derive_seed(config.seed, "attack", round_number, silo_id))
+        x, y = Adversary(attack).poison_data(silo_id, x, y, attack_rng)
     if policy is None:
-        result = train_local(model, data.x_train, data.y_train, config.training, seed=seed)
+        result = train_local(model, x, y, config.training, seed=seed)
     else:
-        result, privacy = _train_private(config, silo_id, round_number, policy, model, data, seed, state)
+        result, privacy = _train_private(config, silo_id, round_number, policy, model, x, y, seed, state)
     local = evaluate(model, data.x_holdout, data.y_holdout)
     report = {
         "n_samples": result.n_samples,
@@ -88,19 +95,22 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
     }
     if privacy is not None:
         report["privacy"] = privacy
-    return flatten(model) - start, report
+    delta = flatten(model) - start
+    if attack is not None:
+        delta = Adversary(attack).poison_updates({silo_id: delta}, {silo_id: float(result.n_samples)}, attack_rng)[silo_id]
+    return delta, report
 
 
-def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, data: SiloData, seed: int,
+def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, x, y, seed: int,
                    state: StateDir):
     """DP-SGD under the silo's ledger: refuse (BudgetExceeded) before training if the round would
     pass the budget; charge the ledger only once training has succeeded."""
     store = LedgerStore(state, silo_id, config.federation)
     ledger = store.open(policy.budget)
-    n = len(data.y_train)
+    n = len(y)
     dpsgd = policy.dpsgd(n, config.training)
     charged = ledger.charge(round_number, round_event(n, config.training, dpsgd.noise_multiplier))  # raises if over
-    result = train_local_dp(model, data.x_train, data.y_train, config.training, dpsgd, seed, noise=noise_generator())
+    result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator())
     store.save(charged)
     privacy = {
         "epsilon": charged.charges[-1].epsilon_after,  # computed by the charge, not again
@@ -132,7 +142,7 @@ def train_silo(
     except BudgetExceeded as exc:
         get_run_logger().warning("refusing round %d: %s", round_number, exc)
         return {"refused": f"privacy budget: {exc}"}
-    if config.aggregation.mode == "secure":
+    if config.aggregation.mode != "trusted":  # secure or bucketed: the update stays here until masked
         # Distributed DP: this silo's noise share is drawn now, off the masked phase's critical path
         # (it depends only on the federation's settings), and kept with the update until masking.
         level = SiloLevel.of(config, len(delta))

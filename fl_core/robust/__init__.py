@@ -22,7 +22,7 @@ order-invariance tolerance, and refuses what it cannot handle with an `Aggregati
 
 from __future__ import annotations
 
-from fl_core.robust.bucketing import Bucketed
+from fl_core.robust.bucketing import Bucketed, assign_buckets
 from fl_core.robust.bulyan import Bulyan, bulyan
 from fl_core.robust.centered_clipping import CenteredClipping, centered_clipping
 from fl_core.robust.coordinate import Median, TrimmedMean, coordinate_median, coordinate_trimmed_mean
@@ -44,6 +44,7 @@ __all__ = [
     "MultiKrum",
     "NormBounding",
     "TrimmedMean",
+    "assign_buckets",
     "bulyan",
     "centered_clipping",
     "coordinate_median",

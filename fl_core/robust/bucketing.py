@@ -6,6 +6,12 @@ updates look like outliers to a robust rule) while f Byzantine updates still spo
 The shuffle draws from an injected `np.random.Generator`. Within a bucket the mean is weighted by the
 updates' weights, and the bucket's weight is their sum (a bucket whose weights are all zero gets the
 plain mean of its updates and weight 0).
+
+`assign_buckets` is the same shuffle over silo ids, for the pipeline's ``bucketed`` mode: there the
+buckets are fixed before training, each is summed by its own secure-aggregation instance, and the
+robust rule sees only bucket means. There the constraint is a floor, not a size: every bucket must
+hold at least ``min_bucket`` silos so that no sum reveals a single silo, hence ⌊n / min_bucket⌋
+buckets whose sizes differ by at most one.
 """
 
 from __future__ import annotations
@@ -35,6 +41,28 @@ def bucket_plan(weights: np.ndarray, bucket_size: int, order: np.ndarray) -> tup
         coefs[b, members] = weights[members] / total if total > 0 else 1.0 / len(members)
         bucket_weights[b] = total
     return coefs, bucket_weights
+
+
+def assign_buckets(members: Sequence[str], min_bucket: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """Shuffle `members` into ⌊n / min_bucket⌋ buckets of ⌊n/k⌋ or ⌈n/k⌉ members each (so every bucket
+    holds at least `min_bucket`); within a bucket members keep their order in `members`. The buckets are
+    ordered by their first member's position in `members`, so the result depends only on the shuffle."""
+    if isinstance(min_bucket, bool) or not isinstance(min_bucket, numbers.Integral) or min_bucket < 1:
+        raise ValueError(f"min_bucket must be an integer >= 1, got {min_bucket!r}")
+    members = list(members)
+    if len(set(members)) != len(members):
+        raise ValueError("members repeat")
+    n = len(members)
+    if n < min_bucket:
+        raise TooFewUpdates(f"{n} members cannot fill one bucket of at least {min_bucket}")
+    k = n // min_bucket
+    order = rng.permutation(n)
+    buckets, start = [], 0
+    for b in range(k):
+        size = n // k + (1 if b < n % k else 0)
+        buckets.append(tuple(members[i] for i in sorted(order[start:start + size])))
+        start += size
+    return sorted(buckets, key=lambda bucket: members.index(bucket[0]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,3 +87,19 @@ def test_the_policy_may_leave_flagged_updates_out_of_the_merge(federation, state
     honest = {s: d for s, d in round_one_deltas(config_path, SILOS).items() if s != "s3"}
     np.testing.assert_allclose(global_of(state_home, record),
                                expected_global(config_path, "median", {}, honest), rtol=0, atol=1e-6)
+
+
+def test_an_attack_named_in_the_config_is_run_by_its_silo_and_marked_everywhere(federation, state_home):
+    config_path = configure(federation(5), "median", {})
+    raw = yaml.safe_load(config_path.read_text())
+    raw["attack"] = {"kind": "sign_flip", "silos": ["s3"], "magnitude": 4.0}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = train(config_path)
+    record = result["rounds"][0]
+    deltas = round_one_deltas(config_path, SILOS)
+    attacked = {**deltas, "s3": -4.0 * deltas["s3"]}  # what s3 sent instead of its update
+    np.testing.assert_allclose(global_of(state_home, record), expected_global(config_path, "median", {}, attacked),
+                               rtol=0, atol=1e-6)
+    tag = "s3 ran the sign_flip attack named in the config (an experiment)"
+    assert client(state_home).get_run(result["job_run_id"]).data.tags["fedsilo.attack"] == tag
+    assert client(state_home).get_model_version("synth", record["version"]).tags["fedsilo.attack"] == tag

@@ -90,3 +90,37 @@ def test_refusals_and_parameter_checks():
             Bucketed(Median(), size, np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
         Bucketed(Median(), 2, np.random.RandomState(0))
+
+
+@PROPERTY
+@given(n=st.integers(1, 120), min_bucket=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
+def test_assigned_buckets_partition_the_members_and_each_holds_at_least_the_floor(n, min_bucket, seed):
+    from fl_core.robust import assign_buckets
+
+    members = [f"s{i:03d}" for i in range(n)]
+    if n < min_bucket:
+        with pytest.raises(TooFewUpdates, match=f"at least {min_bucket}"):
+            assign_buckets(members, min_bucket, np.random.default_rng(seed))
+        return
+    buckets = assign_buckets(members, min_bucket, np.random.default_rng(seed))
+    assert len(buckets) == n // min_bucket
+    assert sorted(s for b in buckets for s in b) == members  # every member exactly once
+    sizes = [len(b) for b in buckets]
+    assert min(sizes) >= min_bucket and max(sizes) - min(sizes) <= 1
+    for bucket in buckets:  # roster order inside a bucket; buckets ordered by their first member
+        assert list(bucket) == sorted(bucket, key=members.index)
+    assert [b[0] for b in buckets] == sorted((b[0] for b in buckets), key=members.index)
+    again = assign_buckets(members, min_bucket, np.random.default_rng(seed))
+    assert again == buckets  # a seed fixes the assignment
+
+
+def test_assigned_buckets_change_with_the_seed_and_reject_bad_input():
+    from fl_core.robust import assign_buckets
+
+    members = [f"s{i}" for i in range(12)]
+    draws = {tuple(assign_buckets(members, 3, np.random.default_rng(seed))) for seed in range(20)}
+    assert len(draws) > 15  # a shuffle, not a fixed split
+    with pytest.raises(ValueError, match="min_bucket"):
+        assign_buckets(members, 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="repeat"):
+        assign_buckets(["a", "a", "b"], 1, np.random.default_rng(0))

@@ -615,3 +615,22 @@ def test_simulated_round_rejects_nothing_when_nobody_cheats():
     assert not r.collected_masked.rejected and not result.rejected
     transcript = simulate.run_round(r.ctx, r.inputs, identities=r.identities)
     np.testing.assert_array_equal(transcript.result.total, result.total)
+
+
+def test_a_message_of_one_bucket_is_stale_in_another():
+    """Bucketed mode: each bucket's instance binds its messages to its own name, so an advert (or a
+    coordinator's set) of bucket 0 cannot be replayed into bucket 1 of the same round."""
+    from infra.secagg_channel import instance_name
+
+    r = Round.start(n=3).through_keys()
+    silo = r.ctx.roster[0]
+    bucket0 = client.RoundContext(federation=instance_name(FEDERATION, 0), round_number=7, roster=r.ctx.roster,
+                                  threshold=r.ctx.threshold)
+    _, envelope = client.advertise(bucket0, silo, r.identities[silo])
+    assert client.read_advert(bucket0, silo, envelope, r.public[silo])  # accepted where it was made
+    bucket1 = client.RoundContext(federation=instance_name(FEDERATION, 1), round_number=7, roster=r.ctx.roster,
+                                  threshold=r.ctx.threshold)
+    for other in (bucket1, r.ctx):
+        with pytest.raises(StaleMessage):
+            client.read_advert(other, silo, envelope, r.public[silo])
+    assert instance_name(FEDERATION, None) == FEDERATION and ":" in instance_name(FEDERATION, 0)
