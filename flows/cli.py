@@ -221,6 +221,59 @@ def demo_data(
     out.print(table)
 
 
+stack_app = typer.Typer(help="The federated mode's servers on this machine (loopback only), for trying it out.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack(config: Path):
+    from infra.config import load_config
+    from infra.stack import Stack
+
+    return Stack(_state(), load_config(config))
+
+
+@stack_app.command("up")
+@user_errors
+def stack_up(config: ConfigArg) -> None:
+    """Start a Prefect server, one worker per silo pool, an S3 server and an MLflow server."""
+    stack = _stack(config)
+    urls = stack.up(on_step=lambda message: out.print(f"[dim]{message}[/]"))
+    out.print(f"Prefect UI  {urls['prefect']}")
+    out.print(f"MLflow UI   {urls['mlflow']}")
+    out.print(f"S3 endpoint {urls['s3']}  (bucket fedsilo)")
+    out.print("to use this stack from a shell:")
+    for key, value in stack.client_environment(stack.layout()).items():
+        out.print(f"  export {key}={value}", soft_wrap=True)
+
+
+@stack_app.command("down")
+@user_errors
+def stack_down(config: ConfigArg) -> None:
+    """Stop every process the stack started (by its recorded process group)."""
+    stopped = _stack(config).down()
+    out.print(f"stopped {len(stopped)}: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+@user_errors
+def stack_status(config: ConfigArg) -> None:
+    """Which stack processes run, with their pids and addresses."""
+    rows = _stack(config).status()
+    if not rows:
+        out.print("the stack is not up")
+        return
+    table = Table(box=None)
+    for column in ("process", "pid", "state", "address"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.name, str(row.pid or "-"), "[green]running[/]" if row.running else "[red]stopped[/]",
+                      row.address or "")
+    out.print(table)
+    if not all(row.running for row in rows):
+        raise typer.Exit(1)
+
+
 def _tool(name: str) -> str:
     """How to call a command installed next to this Python (e.g. `.venv/bin/mlflow`)."""
     candidate = Path(sys.executable).parent / name

@@ -112,7 +112,18 @@ class TrackingConfig(_Section):
 
 
 class StorageConfig(_Section):
-    exchange: str | None = Field(default=None, description="exchange folder; default <state>/exchange")
+    exchange: str | None = Field(
+        default=None, description="the exchange: a folder, or s3://<bucket>[/<prefix>] for an S3 bucket; "
+                                  "default <state>/exchange"
+    )
+    endpoint_url: str | None = Field(
+        default=None, pattern=r"^https?://[^/\s]+", description="s3:// exchange: the S3 API's URL (MinIO, Ceph, ...); "
+        "default boto3's own (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS S3)"
+    )
+    region: str | None = Field(
+        default=None, pattern=r"^[a-z0-9-]{1,32}$", description="s3:// exchange: the bucket's region; "
+        "default boto3's own (AWS_REGION, AWS_DEFAULT_REGION, the profile)"
+    )
 
 
 class FederationConfig(_Section):

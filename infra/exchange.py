@@ -92,7 +92,14 @@ class LocalObjectStore:
         return str(self.root)
 
 
-def open_store(location: str) -> ObjectStore:
+def open_store(location: str, *, endpoint_url: str | None = None, region: str | None = None) -> ObjectStore:
+    """The store at `location`: a folder (a path or ``file://``) or an S3 bucket (``s3://bucket[/prefix]``,
+    reached at `endpoint_url` in `region`, both defaulting to boto3's own configuration)."""
+    if location.startswith("s3://"):
+        from infra.s3_store import S3ObjectStore, parse_s3_url  # boto3 only when an S3 exchange is used
+
+        bucket, prefix = parse_s3_url(location)
+        return S3ObjectStore(bucket, prefix, endpoint_url=endpoint_url, region=region)
     if "://" in location and not location.startswith("file://"):
         scheme = location.split("://", 1)[0]
         raise ConfigError(f"storage.exchange = {location!r}: the {scheme}:// exchange is not available in this version")
@@ -215,6 +222,8 @@ class Exchange:
 
 
 def exchange_for(config, state) -> Exchange:
-    """The federation's exchange: ``storage.exchange`` if set, else the state folder's."""
-    location = config.storage.exchange or str(state.exchange)
-    return Exchange(open_store(location), config.federation)
+    """The federation's exchange: ``storage.exchange`` (a folder or ``s3://bucket/prefix``) if set,
+    else the state folder's."""
+    storage = config.storage
+    location = storage.exchange or str(state.exchange)
+    return Exchange(open_store(location, endpoint_url=storage.endpoint_url, region=storage.region), config.federation)

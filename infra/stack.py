@@ -1,0 +1,321 @@
+"""`fedsilo stack up|down|status`: the federated mode's servers on one machine, for a person trying
+it — a Prefect server, one Prefect process worker per silo pool (and one for the coordinator's
+pool), an S3-compatible server (moto's server mode) and an MLflow tracking server, all listening on
+127.0.0.1 only.
+
+Everything lives under ``<state>/stack/``: ``stack.json`` (ports, addresses, bucket), ``pids/<name>.json``
+(pid, process group, the command it runs), ``logs/<name>.log``, the servers' stores, and one state
+folder per silo (``silos/<id>/``: each silo's worker runs its flows with its own ``FEDSILO_HOME``).
+Each process starts in its own session and is stopped by its recorded process group only — and only
+if the pid still runs the command recorded for it (a pid reused by another program is left alone).
+
+Silo pools are created with a locked base job template: the per-run variables that could run
+something else on a silo's machine (``command``, ``env``, ``working_dir``) are not variables at all
+and ``additionalProperties`` is false, so the server refuses a deployment or run that tries to set
+them. (A pool is still not a trust boundary — see the README — the silo flow checks its parameters
+and the coordinator's signatures itself.)
+
+`up` is idempotent: it starts what is not running and leaves what is. A failed start stops what this
+call started, so nothing is left half up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_core.errors import FedsiloError
+from infra.config import FederationConfig
+from infra.state import StateDir
+
+HOST = "127.0.0.1"
+BUCKET = "fedsilo"
+COORDINATOR_POOL = "fedsilo-coordinator"
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "fedsilo-local",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # moto accepts any; never real credentials
+
+
+class StackError(FedsiloError):
+    """A stack process could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health: str | None  # URL answering 200 once the service is ready; None: a worker (pid only)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    name: str
+    pid: int | None
+    running: bool
+    address: str | None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((HOST, port)) != 0
+
+
+def locked_template() -> dict:
+    """The process worker's base job template with nothing a run could use to execute something else:
+    only ``name``, ``labels`` and ``stream_output`` remain variables, and no others are accepted."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    keep = ("name", "labels", "stream_output")
+    variables = template["variables"]
+    variables["properties"] = {k: v for k, v in variables["properties"].items() if k in keep}
+    variables["additionalProperties"] = False
+    variables.pop("required", None)
+    template["job_configuration"] = {
+        "command": None, "env": {}, "working_dir": None,
+        **{k: "{{ " + k + " }}" for k in keep},
+    }
+    return template
+
+
+class Stack:
+    def __init__(self, state: StateDir, config: FederationConfig):
+        self.config = config
+        self.root = state.root / "stack"
+        self.pids = self.root / "pids"
+        self.logs = self.root / "logs"
+        self.layout_file = self.root / "stack.json"
+
+    # -- layout ------------------------------------------------------------------------------------
+    def layout(self) -> dict:
+        if self.layout_file.exists():
+            layout = json.loads(self.layout_file.read_text())
+            if layout.get("federation") == self.config.federation:
+                return layout
+            raise StackError(f"{self.root} runs federation {layout.get('federation')!r}; stop it first "
+                             "(fedsilo stack down) or use another FEDSILO_HOME")
+        return {"federation": self.config.federation,
+                "ports": {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()}}
+
+    @staticmethod
+    def addresses(layout: dict) -> dict[str, str]:
+        ports = layout["ports"]
+        return {
+            "prefect": f"http://{HOST}:{ports['prefect']}",
+            "mlflow": f"http://{HOST}:{ports['mlflow']}",
+            "s3": f"http://{HOST}:{ports['s3']}",
+        }
+
+    def client_environment(self, layout: dict) -> dict[str, str]:
+        """What a coordinator (or a silo) sets to use this stack."""
+        urls = self.addresses(layout)
+        return {
+            "PREFECT_API_URL": f"{urls['prefect']}/api",
+            "FEDSILO_TRACKING_URI": urls["mlflow"],
+            "FEDSILO_EXCHANGE": f"s3://{BUCKET}/{self.config.federation}",
+            "AWS_ENDPOINT_URL_S3": urls["s3"],
+            **CREDENTIALS,
+        }
+
+    def services(self, layout: dict) -> list[Service]:
+        ports, urls = layout["ports"], self.addresses(layout)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "MLFLOW_", "AWS_"))}
+        quiet = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        prefect_env = {**base, **quiet, "PREFECT_HOME": str(self.root / "prefect"),
+                       "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports["prefect"])}
+        bin_dir = Path(sys.executable).parent
+        services = [
+            Service("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port",
+                                str(ports["prefect"])], prefect_env, f"{urls['prefect']}/api/health"),
+            Service("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(ports["s3"])],
+                    {**base, **quiet}, f"{urls['s3']}/moto-api/"),
+            Service("mlflow", [str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(ports["mlflow"]),
+                               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                               "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"],
+                    {**base, **quiet, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{urls['mlflow']}/health"),
+        ]
+        client = self.client_environment(layout)
+        worker_env = {**base, **quiet, **client, "PREFECT_WORKER_QUERY_SECONDS": "1",
+                      "PREFECT_HOME": str(self.root / "prefect-client")}
+        for pool, home in [(COORDINATOR_POOL, self.root / "coordinator"),
+                           *((s.pool_name, self.root / "silos" / s.id) for s in self.config.silos)]:
+            services.append(Service(
+                f"worker-{pool}",
+                [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
+                 f"{pool}-worker", "--no-create-pool-if-not-found", "--install-policy", "never"],
+                {**worker_env, "FEDSILO_HOME": str(home)}, None,
+            ))
+        return services
+
+    # -- processes ---------------------------------------------------------------------------------
+    def _pid_file(self, name: str) -> Path:
+        return self.pids / f"{name}.json"
+
+    def _recorded(self, name: str) -> dict | None:
+        path = self._pid_file(name)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(record: dict | None) -> bool:
+        """The recorded pid runs, and runs the recorded command (not a reused pid)."""
+        if not record:
+            return False
+        try:
+            raw = Path(f"/proc/{record['pid']}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        cmdline, argv = [part.decode(errors="replace") for part in raw if part], record["argv"]
+        # a script runs as `<interpreter> <script> ...`: look for the recorded argv anywhere in the line
+        return any(cmdline[i:i + len(argv)] == argv for i in range(min(2, len(cmdline))))
+
+    def _start(self, service: Service) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{service.name}.log", "ab") as log:
+            process = subprocess.Popen(service.argv, env=service.env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+        record = {"pid": process.pid, "pgid": process.pid, "argv": service.argv, "started": time.time()}
+        self._pid_file(service.name).write_text(json.dumps(record))
+
+    def _wait_ready(self, service: Service, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not self._alive(self._recorded(service.name)):
+                raise StackError(f"{service.name} exited while starting; see {self.logs / (service.name + '.log')}")
+            if service.health is None:
+                return
+            try:
+                with urllib.request.urlopen(service.health, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise StackError(f"{service.name} did not answer at {service.health} within {READY_TIMEOUT_S:.0f} s; "
+                         f"see {self.logs / (service.name + '.log')}")
+
+    def _stop(self, name: str) -> bool:
+        record = self._recorded(name)
+        stopped = False
+        if self._alive(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record["pgid"], signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self._alive(record) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self._alive(record):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(record["pgid"], signal.SIGKILL)
+            stopped = True
+        self._pid_file(name).unlink(missing_ok=True)
+        return stopped
+
+    # -- commands ----------------------------------------------------------------------------------
+    def up(self, on_step=lambda message: None) -> dict[str, str]:
+        try:
+            import moto.server  # noqa: F401  (the S3-compatible server)
+        except ImportError:
+            raise StackError("the S3 server needs moto: pip install 'moto[server]'") from None
+        layout = self.layout()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.layout_file.write_text(json.dumps(layout, indent=1))
+        started: list[str] = []
+        try:
+            servers, workers = [], []
+            for service in self.services(layout):
+                (workers if service.health is None else servers).append(service)
+            for service in servers:  # start the servers together, then wait for each
+                if not self._alive(self._recorded(service.name)):
+                    port = layout["ports"][service.name]
+                    if not port_free(port):
+                        raise StackError(f"{service.name}: port {port} on {HOST} is taken by a process this stack "
+                                         f"did not start; stop it, or remove {self.layout_file} to pick new ports")
+                    self._start(service)
+                    started.append(service.name)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            for service in servers:
+                self._wait_ready(service, deadline)
+                on_step(f"{service.name} ready")
+            self._bucket(layout)
+            self._pools(layout)
+            on_step(f"work pools: {COORDINATOR_POOL}, " + ", ".join(s.pool_name for s in self.config.silos))
+            for service in workers:
+                if not self._alive(self._recorded(service.name)):
+                    self._start(service)
+                    started.append(service.name)
+            for service in workers:
+                self._wait_ready(service, deadline)
+        except BaseException:
+            for name in reversed(started):
+                self._stop(name)
+            raise
+        return self.addresses(layout)
+
+    def down(self) -> list[str]:
+        """Stop every recorded process (workers first), by its process group."""
+        if not self.pids.exists():
+            return []
+        names = sorted(p.stem for p in self.pids.glob("*.json"))
+        order = [n for n in names if n.startswith("worker-")] + [n for n in names if not n.startswith("worker-")]
+        stopped = [name for name in order if self._stop(name)]
+        self.layout_file.unlink(missing_ok=True)
+        return stopped
+
+    def status(self) -> list[Status]:
+        if not self.layout_file.exists():
+            return []
+        layout = json.loads(self.layout_file.read_text())
+        urls = self.addresses(layout)
+        rows = []
+        for service in self.services(layout):
+            record = self._recorded(service.name)
+            rows.append(Status(service.name, record["pid"] if record else None, self._alive(record),
+                               urls.get(service.name)))
+        return rows
+
+    # -- provisioning ------------------------------------------------------------------------------
+    def _bucket(self, layout: dict) -> None:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        s3 = boto3.client("s3", endpoint_url=self.addresses(layout)["s3"], region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        try:
+            s3.create_bucket(Bucket=BUCKET)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StackError(f"cannot create bucket {BUCKET}: {exc}") from None
+
+    def _pools(self, layout: dict) -> None:
+        """Create (or reset) the coordinator's pool and one locked pool per silo."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        template = locked_template()
+        with temporary_settings({PREFECT_API_URL: self.client_environment(layout)["PREFECT_API_URL"]}):
+            with get_client(sync_client=True) as client:
+                for pool in [COORDINATOR_POOL, *(s.pool_name for s in self.config.silos)]:
+                    client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template),
+                                            overwrite=True)

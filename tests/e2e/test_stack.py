@@ -1,0 +1,150 @@
+"""`fedsilo stack up|status|down` in subprocesses: real Prefect, MLflow and S3 (moto) servers and one
+Prefect worker per silo pool on 127.0.0.1, tracked by pid files and stopped by them only; silo pools
+whose locked base job template refuses command and environment overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from infra.synthetic import write_synthetic_federation
+
+pytestmark = pytest.mark.e2e
+FEDSILO = str(Path(sys.executable).parent / "fedsilo")
+
+
+def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_"))}
+    result = subprocess.run([FEDSILO, *args], env={**env, "FEDSILO_HOME": str(home), "COLUMNS": "200"},
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fedsilo {' '.join(args)} exited {result.returncode}: {result.stdout}\n{result.stderr}")
+    return result
+
+
+def recorded(home: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (home / "stack" / "pids").glob("*.json")}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stack")
+    config = write_synthetic_federation(root / "fed", n_silos=3)
+    home = root / "state"
+    began = time.perf_counter()
+    up = cli(home, "stack", "up", str(config))
+    layout = json.loads((home / "stack" / "stack.json").read_text())
+    try:
+        yield {"home": home, "config": config, "up": up, "layout": layout, "up_s": time.perf_counter() - began}
+    finally:
+        cli(home, "stack", "down", str(config), check=False)
+        for record in recorded(home).values():  # a safety net: by the recorded process groups only
+            try:
+                os.killpg(record["pgid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def url(stack, name: str) -> str:
+    return f"http://127.0.0.1:{stack['layout']['ports'][name]}"
+
+
+def test_up_starts_every_process_on_loopback_and_prints_where_to_look(stack):
+    out = stack["up"].stdout
+    for name, label in (("prefect", "Prefect UI"), ("mlflow", "MLflow UI"), ("s3", "S3 endpoint")):
+        assert f"{label}" in out and url(stack, name) in out
+    assert "export PREFECT_API_URL=" in out and "export FEDSILO_EXCHANGE=s3://fedsilo/synth" in out
+    pids = recorded(stack["home"])
+    assert sorted(pids) == ["mlflow", "prefect", "s3", "worker-fedsilo-coordinator", "worker-silo-s0",
+                            "worker-silo-s1", "worker-silo-s2"]
+    assert all(alive(r["pid"]) for r in pids.values())
+    for name in ("prefect", "mlflow", "s3"):
+        assert "127.0.0.1" in pids[name]["argv"]  # told to listen on loopback only
+    with urllib.request.urlopen(url(stack, "prefect") + "/api/health", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(url(stack, "mlflow") + "/health", timeout=5) as response:
+        assert response.status == 200
+    status = cli(stack["home"], "stack", "status", str(stack["config"]))
+    assert status.stdout.count("running") == 7
+
+
+def test_up_again_changes_nothing(stack):
+    before = {name: r["pid"] for name, r in recorded(stack["home"]).items()}
+    cli(stack["home"], "stack", "up", str(stack["config"]))
+    assert {name: r["pid"] for name, r in recorded(stack["home"]).items()} == before
+
+
+def test_the_bucket_and_the_tracking_server_answer(stack):
+    import boto3
+    from mlflow import MlflowClient
+
+    s3 = boto3.client("s3", endpoint_url=url(stack, "s3"), region_name="us-east-1", aws_access_key_id="x",
+                      aws_secret_access_key="x")
+    s3.put_object(Bucket="fedsilo", Key="probe", Body=b"ok")
+    assert s3.get_object(Bucket="fedsilo", Key="probe")["Body"].read() == b"ok"
+    assert any(e.name == "Default" for e in MlflowClient(tracking_uri=url(stack, "mlflow")).search_experiments())
+
+
+def test_silo_pools_have_workers_and_refuse_command_and_env_overrides(stack):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url(stack, "prefect") + "/api"}), get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                client.read_workers_for_work_pool(p) for p in ("silo-s0", "silo-s1", "silo-s2")):
+            time.sleep(0.5)
+        for pool in ("silo-s0", "silo-s1", "silo-s2", "fedsilo-coordinator"):
+            assert [w.name for w in client.read_workers_for_work_pool(pool)] == [f"{pool}-worker"]
+            template = client.read_work_pool(pool).base_job_template
+            assert template["variables"]["additionalProperties"] is False
+            assert not {"command", "env", "working_dir"} & set(template["variables"]["properties"])
+        flow_id = client.create_flow_from_name("silo")
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            client.create_deployment(flow_id=flow_id, name="override", work_pool_name="silo-s0",
+                                     job_variables={"command": "touch /tmp/fedsilo-override"})
+        assert refused.value.response.status_code == 422 and "command" in refused.value.response.text
+        deployment = client.create_deployment(flow_id=flow_id, name="plain", work_pool_name="silo-s0")
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            client.create_flow_run_from_deployment(deployment, job_variables={"env": {"PATH": "/tmp"}})
+        assert refused.value.response.status_code == 422 and "env" in refused.value.response.text
+
+
+def test_down_stops_the_recorded_processes_and_nothing_else(stack):
+    home = stack["home"]
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        # a stale pid file naming a pid that now runs something else must not get it killed
+        (home / "stack" / "pids" / "stale.json").write_text(
+            json.dumps({"pid": bystander.pid, "pgid": bystander.pid, "argv": ["prefect", "server", "start"]}))
+        pids = recorded(home)
+        down = cli(home, "stack", "down", str(stack["config"]))
+        assert "stopped 7" in down.stdout
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(r["pid"]) for n, r in pids.items() if n != "stale"):
+            time.sleep(0.2)
+        assert not any(alive(r["pid"]) for n, r in pids.items() if n != "stale")
+        assert bystander.poll() is None  # still running
+        assert not (home / "stack" / "pids").exists() or not list((home / "stack" / "pids").glob("*.json"))
+        status = cli(home, "stack", "status", str(stack["config"]), check=False)
+        assert "not up" in status.stdout
+    finally:
+        bystander.kill()
+        bystander.wait()
