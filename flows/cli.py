@@ -221,6 +221,29 @@ def demo_data(
     out.print(table)
 
 
+@app.command()
+@user_errors
+def deploy(
+    config: ConfigArg,
+    cron: Annotated[str | None, typer.Option(help="schedule training jobs, e.g. '0 2 * * 1'")] = None,
+    timezone: Annotated[str, typer.Option(help="the schedule's time zone")] = "UTC",
+) -> None:
+    """Register the federation with a Prefect server: locked pools, one silo deployment per silo pool,
+    the training deployment on the coordinator's pool. Running it again changes nothing."""
+    import os
+
+    from infra.config import load_config
+    from infra.workpools import deploy as register
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise FedsiloError("deploy needs a Prefect server: set PREFECT_API_URL (`fedsilo stack up` prints it)")
+    federation = load_config(config)
+    for name in register(federation, config, cron=cron, timezone=timezone):
+        out.print(f"deployment {name}")
+    out.print("run a job with dispatch.mode: work_pools (or FEDSILO_DISPATCH=work_pools) and `fedsilo run`, "
+              "or from the Prefect UI")
+
+
 stack_app = typer.Typer(help="The federated mode's servers on this machine (loopback only), for trying it out.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")

@@ -24,7 +24,13 @@ from tasks.coordinator import aggregate, assess, log_validations, plan_round, re
 from tasks.secure_coordinator import secure_keys, secure_masked, secure_open, secure_shares, secure_unmask
 
 
-def make_dispatcher() -> Dispatcher:
+def make_dispatcher(config, state) -> Dispatcher:
+    """In process (embedded), or each silo's deployment on its own work pool (``dispatch.mode``)."""
+    if config.dispatch.mode == "work_pools":
+        from infra.exchange import exchange_for
+        from infra.workpools import WorkPoolDispatcher
+
+        return WorkPoolDispatcher(config, exchange_for(config, state))
     return InProcessDispatcher(silo_flow)
 
 
@@ -91,7 +97,7 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
     started = time.time()
     config = load_config(config_path)
     state = resolve_state_dir()
-    run = _Round(make_dispatcher(), config, config_path, round_number)
+    run = _Round(make_dispatcher(config, state), config, config_path, round_number)
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     config_q = quote(config)
     plan = plan_round(config_q, state, round_number)

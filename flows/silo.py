@@ -19,6 +19,8 @@ from prefect.utilities.annotations import quote
 
 from fl_core.errors import ConfigError
 from infra.config import FederationConfig, load_config
+from infra.dispatch import silo_run_name as run_name
+from infra.exchange import exchange_for
 from infra.state import resolve_state_dir
 from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
 from tasks.silo import evaluate_models, load_and_validate, train_silo
@@ -28,9 +30,7 @@ PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_
 
 
 def silo_run_name() -> str:
-    p = flow_run.parameters
-    suffix = "" if p["phase"] == "train" else f"/{p['phase']}"
-    return f"{p['federation']}/r{p['round_number']:03d}/{p['silo_id']}{suffix}"
+    return run_name(flow_run.parameters)
 
 
 def silo_config(config_path: str, federation: str, silo_id: str) -> FederationConfig:
@@ -53,6 +53,15 @@ def silo_flow(
 ) -> dict:
     config = silo_config(config_path, federation, silo_id)
     state = resolve_state_dir()
+    manifest = _run_phase(config, state, federation, silo_id, round_number, phase, refs)
+    # Also left in the exchange, where a coordinator running this flow on the silo's work pool reads it.
+    exchange = exchange_for(config, state)
+    exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), manifest)
+    return manifest
+
+
+def _run_phase(config: FederationConfig, state, federation: str, silo_id: str, round_number: int, phase: str,
+               refs: dict[str, dict]) -> dict:
     manifest = {"federation": federation, "round": round_number, "phase": phase, "silo": silo_id}
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     if phase in PROTOCOL_TASKS:

@@ -7,6 +7,7 @@ overrides below (documented in the README):
 
 - ``FEDSILO_TRACKING_URI`` replaces ``tracking.uri``;
 - ``FEDSILO_EXCHANGE`` replaces ``storage.exchange``;
+- ``FEDSILO_DISPATCH`` replaces ``dispatch.mode``;
 - ``FEDSILO_HOME`` moves the state folder (see `infra.state`).
 """
 
@@ -47,7 +48,8 @@ from fl_core.seeding import derive_seed, numpy_rng
 from fl_core.training import TrainSpec
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-ENV_OVERRIDES = {"FEDSILO_TRACKING_URI": ("tracking", "uri"), "FEDSILO_EXCHANGE": ("storage", "exchange")}
+ENV_OVERRIDES = {"FEDSILO_TRACKING_URI": ("tracking", "uri"), "FEDSILO_EXCHANGE": ("storage", "exchange"),
+                 "FEDSILO_DISPATCH": ("dispatch", "mode")}
 
 
 class _Section(BaseModel):
@@ -126,6 +128,15 @@ class StorageConfig(_Section):
     )
 
 
+class DispatchConfig(_Section):
+    """How the coordinator runs each silo's phase: ``in_process`` (embedded: the silo flow as a subflow
+    of the round) or ``work_pools`` (federated: the silo flow's deployment on each silo's own pool,
+    through a Prefect server)."""
+
+    mode: Literal["in_process", "work_pools"] = "in_process"
+    phase_timeout_s: float = Field(default=900.0, gt=0, description="work pools: a silo not done by then is dropped")
+
+
 class FederationConfig(_Section):
     federation: str = Field(pattern=SLUG)
     seed: int = 0
@@ -137,6 +148,7 @@ class FederationConfig(_Section):
     gate: GateSpec = GateSpec()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
+    dispatch: DispatchConfig = DispatchConfig()
     attack: AttackSpec | None = Field(
         default=None, description="experiments only: the named silos run this attack (fl_core.attacks); never set "
                                   "in a real federation")
@@ -263,8 +275,8 @@ class FederationConfig(_Section):
         return path.resolve()
 
     def config_hash(self) -> str:
-        """sha256 of everything that shapes the model (locations of tracking/storage excluded)."""
-        dump = self.model_dump(mode="json", exclude={"tracking", "storage"})
+        """sha256 of everything that shapes the model (where things are stored and run excluded)."""
+        dump = self.model_dump(mode="json", exclude={"tracking", "storage", "dispatch"})
         return hashlib.sha256(json.dumps(dump, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -37,7 +37,13 @@ class Dispatcher(Protocol):
     def run(self, calls: Sequence[SiloCall], on_done: Callable[[SiloOutcome], None] | None = None) -> list[SiloOutcome]: ...
 
 
-def _describe(exc: BaseException) -> str:
+def silo_run_name(parameters: dict[str, Any]) -> str:
+    """The name a silo's flow run carries: ``<federation>/r<round>/<silo>[/<phase>]`` (train unsuffixed)."""
+    suffix = "" if parameters["phase"] == "train" else f"/{parameters['phase']}"
+    return f"{parameters['federation']}/r{parameters['round_number']:03d}/{parameters['silo_id']}{suffix}"
+
+
+def describe_error(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -65,7 +71,7 @@ class InProcessDispatcher:
                     state.result(raise_on_failure=True)
                     error = f"silo flow ended {state.type.value.lower()}"
                 except BaseException as exc:  # the silo's failure, reported as its reason to sit out
-                    error = _describe(exc)
+                    error = describe_error(exc)
                 outcome = SiloOutcome(silo_id=call.silo_id, manifest=None, error=error, wall_s=wall)
             outcomes.append(outcome)
             if on_done is not None:

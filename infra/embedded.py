@@ -55,6 +55,7 @@ LIBRARIES = {
     "DO_NOT_TRACK": "true",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # with a tracking server, no "View run at" per run
 }
 QUIET_LIBRARIES = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
 

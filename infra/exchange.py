@@ -5,6 +5,7 @@ Layout (see DESIGN.md, "Exchange layout"):
     federations/<federation>/rounds/<r>/global.arrow          global model after round r (r = 0: initial)
     federations/<federation>/rounds/<r>/train/<silo>.arrow    a silo's update in round r
     federations/<federation>/rounds/<r>/evaluate/<silo>.json  a silo's evaluation report
+    federations/<federation>/rounds/<r>/manifests/<phase>/<silo>.json  what a silo's flow returned
     federations/<federation>/rounds/<r>/round.json            the round record, written last (commit)
 
 Vectors travel as Arrow IPC files with their binding (federation, round, silo, phase) in the
@@ -147,6 +148,10 @@ class Exchange:
 
     def evaluation_key(self, round_number: int, silo: str) -> str:
         return f"{self.round_prefix(round_number)}/evaluate/{silo}.json"
+
+    def manifest_key(self, round_number: int, phase: str, silo: str) -> str:
+        """A silo's JSON manifest of one phase, as its flow returned it (read by a work-pool dispatcher)."""
+        return f"{self.round_prefix(round_number)}/manifests/{phase}/{silo}.json"
 
     def record_key(self, round_number: int) -> str:
         return f"{self.round_prefix(round_number)}/round.json"

@@ -9,11 +9,7 @@ folder per silo (``silos/<id>/``: each silo's worker runs its flows with its own
 Each process starts in its own session and is stopped by its recorded process group only — and only
 if the pid still runs the command recorded for it (a pid reused by another program is left alone).
 
-Silo pools are created with a locked base job template: the per-run variables that could run
-something else on a silo's machine (``command``, ``env``, ``working_dir``) are not variables at all
-and ``additionalProperties`` is false, so the server refuses a deployment or run that tries to set
-them. (A pool is still not a trust boundary — see the README — the silo flow checks its parameters
-and the coordinator's signatures itself.)
+The pools are created with the locked base job template of `infra.workpools.locked_template`.
 
 `up` is idempotent: it starts what is not running and leaves what is. A failed start stops what this
 call started, so nothing is left half up.
@@ -37,10 +33,10 @@ from pathlib import Path
 from fl_core.errors import FedsiloError
 from infra.config import FederationConfig
 from infra.state import StateDir
+from infra.workpools import COORDINATOR_POOL, ensure_pools
 
 HOST = "127.0.0.1"
 BUCKET = "fedsilo"
-COORDINATOR_POOL = "fedsilo-coordinator"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "fedsilo-local",
@@ -76,24 +72,6 @@ def free_port() -> int:
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex((HOST, port)) != 0
-
-
-def locked_template() -> dict:
-    """The process worker's base job template with nothing a run could use to execute something else:
-    only ``name``, ``labels`` and ``stream_output`` remain variables, and no others are accepted."""
-    from prefect.workers.process import ProcessWorker
-
-    template = ProcessWorker.get_default_base_job_template()
-    keep = ("name", "labels", "stream_output")
-    variables = template["variables"]
-    variables["properties"] = {k: v for k, v in variables["properties"].items() if k in keep}
-    variables["additionalProperties"] = False
-    variables.pop("required", None)
-    template["job_configuration"] = {
-        "command": None, "env": {}, "working_dir": None,
-        **{k: "{{ " + k + " }}" for k in keep},
-    }
-    return template
 
 
 class Stack:
@@ -308,14 +286,10 @@ class Stack:
                 raise StackError(f"cannot create bucket {BUCKET}: {exc}") from None
 
     def _pools(self, layout: dict) -> None:
-        """Create (or reset) the coordinator's pool and one locked pool per silo."""
+        """Create (or reset to the locked template) the coordinator's pool and one pool per silo."""
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import WorkPoolCreate
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        template = locked_template()
         with temporary_settings({PREFECT_API_URL: self.client_environment(layout)["PREFECT_API_URL"]}):
             with get_client(sync_client=True) as client:
-                for pool in [COORDINATOR_POOL, *(s.pool_name for s in self.config.silos)]:
-                    client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template),
-                                            overwrite=True)
+                ensure_pools(client, self.config, reset=True)

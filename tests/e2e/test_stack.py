@@ -8,38 +8,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from stack_helpers import alive, cli, recorded
 
 from infra.synthetic import write_synthetic_federation
 
 pytestmark = pytest.mark.e2e
-FEDSILO = str(Path(sys.executable).parent / "fedsilo")
-
-
-def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_"))}
-    result = subprocess.run([FEDSILO, *args], env={**env, "FEDSILO_HOME": str(home), "COLUMNS": "200"},
-                            capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"fedsilo {' '.join(args)} exited {result.returncode}: {result.stdout}\n{result.stderr}")
-    return result
-
-
-def recorded(home: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (home / "stack" / "pids").glob("*.json")}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ class Scripted(InProcessDispatcher):
 def use(monkeypatch, **kwargs):
     import flows.round
 
-    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: Scripted(flows.round.silo_flow, **kwargs))
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda *args: Scripted(flows.round.silo_flow, **kwargs))
 
 
 def train(config_path, rounds=1):

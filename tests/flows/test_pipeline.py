@@ -140,7 +140,7 @@ def test_silos_return_plain_json_manifests_without_vectors(federation, state_hom
     import flows.round
 
     RecordingDispatcher.seen = []
-    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: RecordingDispatcher(flows.round.silo_flow))
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda *args: RecordingDispatcher(flows.round.silo_flow))
     train(federation(2), rounds=1)
 
     assert len(RecordingDispatcher.seen) == 10  # 2 silos x (train, shares, masked, unmask, evaluate)
@@ -259,7 +259,7 @@ def test_a_tampered_update_is_rejected_in_trusted_mode(federation, state_home, m
                     path.write_bytes(bytes(data))
             return outcomes
 
-    monkeypatch.setattr(flows.round, "make_dispatcher", lambda: Tampering(flows.round.silo_flow))
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda *args: Tampering(flows.round.silo_flow))
     record = train(federation(3, overrides={"aggregation": TRUSTED}), rounds=1)["rounds"][0]
     assert record["silos_in"] == ["s1", "s2"]
     assert "digest" in record["silos_out"]["s0"]

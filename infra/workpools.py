@@ -1,0 +1,186 @@
+"""Federated mode through Prefect work pools: deployments of the silo flow on each silo's own pool,
+the training flow on the coordinator's, and the dispatcher that runs a phase on every silo's pool.
+
+`deploy` turns a federation config into pools and deployments (idempotent: a second run updates the
+same deployments and changes nothing else). Pools it creates get a locked base job template: the
+per-run variables that could run something else on a silo's machine (``command``, ``env``,
+``working_dir``) are not variables at all and ``additionalProperties`` is false, so the server
+refuses a deployment or a run that tries to set them. A pool that already exists is left as its
+owner made it. (A pool is still not a trust boundary — whoever may create deployments on it can add
+pull steps — so the silo flow checks its parameters and the coordinator's signatures itself.)
+
+`WorkPoolDispatcher` follows the Prefect notes for a SQLite-backed server: it creates the phase's
+flow runs one at a time with ``run_deployment(timeout=0)`` (concurrent creations earn 503s), then
+waits for all of them together, event-driven (`wait_for_flow_run`), with one deadline for the
+phase. A run that fails, crashes, is cancelled or misses the deadline (it is then cancelled) makes
+that silo an outcome without a manifest: dropped for the phase, with the reason, and secure
+aggregation recovers it. A completed run's manifest is read from the exchange, where the silo flow
+left it as JSON — the coordinator never unpickles a Prefect result from a silo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from infra.config import FederationConfig
+from infra.dispatch import SiloCall, SiloOutcome, describe_error, silo_run_name
+from infra.exchange import Exchange
+
+REPO = Path(__file__).resolve().parent.parent
+COORDINATOR_POOL = "fedsilo-coordinator"
+
+
+def locked_template() -> dict:
+    """The process worker's base job template with nothing a run could use to execute something else:
+    only ``name``, ``labels`` and ``stream_output`` remain variables, and no others are accepted."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    keep = ("name", "labels", "stream_output")
+    variables = template["variables"]
+    variables["properties"] = {k: v for k, v in variables["properties"].items() if k in keep}
+    variables["additionalProperties"] = False
+    variables.pop("required", None)
+    template["job_configuration"] = {
+        "command": None, "env": {}, "working_dir": None,
+        **{k: "{{ " + k + " }}" for k in keep},
+    }
+    return template
+
+
+def quiet():
+    """Prefect's deploy prints a table per deployment; the CLI prints its own summary."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def ensure_pools(client, config: FederationConfig, reset: bool = False) -> None:
+    """The coordinator's pool and one pool per silo, with the locked template: created when missing;
+    with `reset`, an existing pool's template is replaced too (the stack owns its pools)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    template = locked_template()
+    for pool in [COORDINATOR_POOL, *(s.pool_name for s in config.silos)]:
+        if not reset:
+            try:
+                client.read_work_pool(pool)
+                continue
+            except ObjectNotFound:
+                pass
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template), overwrite=True)
+
+
+def silo_deployment(federation: str, silo_id: str) -> str:
+    return f"{federation}-{silo_id}"
+
+
+def training_deployment(federation: str) -> str:
+    return f"{federation}-training"
+
+
+def deploy(config: FederationConfig, config_path: Path, cron: str | None = None, timezone: str = "UTC") -> list[str]:
+    """Create missing pools (locked) and (re)register the federation's deployments; returns their
+    full names. The training deployment's optional `cron` schedule starts inactive only if the
+    deployment is new; pause and resume it in the Prefect UI."""
+    from prefect import flow as load
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import CronSchedule
+
+    with get_client(sync_client=True) as client:
+        ensure_pools(client, config)
+    names = []
+    silo_source = load.from_source(source=str(REPO), entrypoint="flows/silo.py:silo_flow")
+    for silo in config.silos:
+        name = silo_deployment(config.federation, silo.id)
+        with quiet():
+            silo_source.deploy(name=name, work_pool_name=silo.pool_name, build=False, push=False,
+                               print_next_steps=False, ignore_warnings=True,
+                               description=f"silo {silo.id} of federation {config.federation}: one phase of one round")
+        names.append(f"silo/{name}")
+    training = load.from_source(source=str(REPO), entrypoint="flows/training.py:training_flow")
+    name = training_deployment(config.federation)
+    with quiet():
+        training.deploy(
+            name=name, work_pool_name=COORDINATOR_POOL, build=False, push=False, print_next_steps=False,
+            ignore_warnings=True, parameters={"config_path": str(Path(config_path).resolve())},
+            schedules=[CronSchedule(cron=cron, timezone=timezone)] if cron else None,
+            description=f"a training job of federation {config.federation} (training.rounds rounds)",
+        )
+    names.append(f"training/{name}")
+    return names
+
+
+class WorkPoolDispatcher:
+    """Runs each silo's phase as a run of its deployment on its own pool (see the module docstring)."""
+
+    def __init__(self, config: FederationConfig, exchange: Exchange):
+        self.config = config
+        self.exchange = exchange
+        self.timeout_s = config.dispatch.phase_timeout_s
+
+    def run(self, calls: Sequence[SiloCall], on_done: Callable[[SiloOutcome], None] | None = None) -> list[SiloOutcome]:
+        from prefect.deployments import run_deployment
+
+        outcomes: dict[str, SiloOutcome] = {}
+        started: dict[str, tuple[object, float]] = {}
+        for call in calls:  # one at a time: a SQLite-backed server answers concurrent creations with 503s
+            began = time.perf_counter()
+            try:
+                run = run_deployment(
+                    name=f"silo/{silo_deployment(self.config.federation, call.silo_id)}", parameters=call.parameters,
+                    flow_run_name=silo_run_name(call.parameters), timeout=0,
+                )
+                started[call.silo_id] = (run.id, began)
+            except Exception as exc:  # no deployment, server refused: the silo cannot take part in this phase
+                outcomes[call.silo_id] = SiloOutcome(silo_id=call.silo_id, manifest=None,
+                                                     error=f"could not start its flow run: {describe_error(exc)}")
+        finished = asyncio.run(self._wait(started)) if started else {}
+        for call in calls:
+            if call.silo_id not in outcomes:
+                outcomes[call.silo_id] = self._outcome(call, *finished[call.silo_id])
+            if on_done is not None:
+                on_done(outcomes[call.silo_id])
+        return [outcomes[call.silo_id] for call in calls]
+
+    async def _wait(self, started: dict[str, tuple[object, float]]) -> dict[str, tuple[object | None, str | None, float]]:
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import FlowRunWaitTimeout
+        from prefect.flow_runs import wait_for_flow_run
+        from prefect.states import Cancelling
+
+        deadline = time.monotonic() + self.timeout_s
+
+        async with get_client() as client:
+            async def one(silo: str, run_id, began: float):
+                try:
+                    run = await wait_for_flow_run(run_id, timeout=max(1, int(deadline - time.monotonic())), client=client)
+                    return silo, (run, None, time.perf_counter() - began)
+                except FlowRunWaitTimeout:
+                    await client.set_flow_run_state(run_id, Cancelling(message="phase timeout"), force=True)
+                    return silo, (None, f"timed out after {self.timeout_s:g} s (its run was cancelled)",
+                                  time.perf_counter() - began)
+
+            results = await asyncio.gather(*(one(silo, run_id, began) for silo, (run_id, began) in started.items()))
+        return dict(results)
+
+    def _outcome(self, call: SiloCall, run, error: str | None, wall: float) -> SiloOutcome:
+        silo = call.silo_id
+        if run is None:
+            return SiloOutcome(silo_id=silo, manifest=None, error=error, wall_s=wall)
+        state = run.state
+        if state is None or not state.is_completed():
+            kind = state.type.value.lower() if state is not None else "unknown"
+            message = f": {state.message}" if state is not None and state.message else ""
+            return SiloOutcome(silo_id=silo, manifest=None, error=f"flow run {run.name} ended {kind}{message}", wall_s=wall)
+        p = call.parameters
+        try:
+            manifest = self.exchange.read_json_key(self.exchange.manifest_key(p["round_number"], p["phase"], silo))
+        except Exception as exc:  # completed without leaving its manifest: treated as no answer
+            return SiloOutcome(silo_id=silo, manifest=None, error=f"no manifest in the exchange: {describe_error(exc)}",
+                               wall_s=wall)
+        return SiloOutcome(silo_id=silo, manifest=manifest, wall_s=wall)
