@@ -9,6 +9,7 @@ need them, so `fedsilo --help` answers at once.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -117,8 +118,17 @@ def _where_to_look(federation, state, tracker, result) -> None:
     out.print(f"registered model: [bold]models:/{federation.federation}@champion[/] "
               f"(newest: models:/{federation.federation}@candidate = v{last['version']})")
     out.print("where to look:")
-    out.print(f"  MLflow UI   {mlflow_cmd} ui --backend-store-uri {uri} --port 5000   → http://127.0.0.1:5000", soft_wrap=True)
-    out.print(f"  Prefect UI  PREFECT_HOME={state.prefect_home} {prefect_cmd} server start   → http://127.0.0.1:4200", soft_wrap=True)
+    if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
+        out.print(f"  MLflow UI   {uri}", soft_wrap=True)
+    else:
+        out.print(f"  MLflow UI   {mlflow_cmd} ui --backend-store-uri {uri} --port 5000   → http://127.0.0.1:5000",
+                  soft_wrap=True)
+    api = os.environ.get("PREFECT_API_URL")
+    if api:  # a Prefect server: its UI is the API's host
+        out.print(f"  Prefect UI  {api.removesuffix('/').removesuffix('/api')}", soft_wrap=True)
+    else:
+        out.print(f"  Prefect UI  PREFECT_HOME={state.prefect_home} {prefect_cmd} server start   → http://127.0.0.1:4200",
+                  soft_wrap=True)
     out.print(f"  score       MLFLOW_TRACKING_URI={uri} {python_cmd} -c \"import mlflow, pandas as pd; "
               f"m = mlflow.pyfunc.load_model('models:/{federation.federation}@champion'); "
               f"print(m.predict(pd.read_parquet('{federation.silo_data_path(federation.silo_ids[0])}')))\"", soft_wrap=True)

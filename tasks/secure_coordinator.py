@@ -146,12 +146,14 @@ def _quorum(config: FederationConfig, sr: SecureRound, silos: list[str], phase: 
         return
     aggregation, n = config.aggregation, len(sr.buckets)
     lost = "; ".join(sr.lost.values()) or "none lost"
+    if n == 0:
+        raise TooFewUpdates(f"{where}: no bucket left ({lost})")
     try:
-        tolerated = robust.tolerated_faults(aggregation.rule, n, **aggregation.robust) if n else -1
+        tolerated = robust.tolerated_faults(aggregation.rule, n, **aggregation.robust)
     except TooFewUpdates as exc:
         raise TooFewUpdates(f"{where}: {n} bucket(s) left ({lost}); {exc}") from None
     f = aggregation.robust.get("f")
-    if n == 0 or (f is not None and f > tolerated):
+    if f is not None and f > tolerated:
         raise TooFewUpdates(f"{where}: {n} bucket(s) left ({lost}); {aggregation.rule} with f = {f} needs more")
 
 
