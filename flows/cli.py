@@ -56,6 +56,25 @@ def _state():
     return ensure_state_dir(resolve_state_dir())
 
 
+def _prefect_server(needed_by: str | None = None) -> str | None:
+    """The Prefect server ``PREFECT_API_URL`` names, checked to answer; None for an embedded run.
+    `needed_by` says what cannot run without one."""
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        if needed_by:
+            raise FedsiloError(f"{needed_by} needs a Prefect server: set PREFECT_API_URL (`fedsilo stack up` prints it)")
+        return None
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise FedsiloError(f"the Prefect server at {url} is unreachable ({getattr(exc, 'reason', exc)})") from None
+    return url
+
+
 def _check_data_present(config) -> None:
     missing = [s for s in config.silo_ids if not config.silo_data_path(s).exists()]
     if len(missing) == len(config.silo_ids):
@@ -80,6 +99,7 @@ def run(
 
     federation = load_config(config)
     _check_data_present(federation)
+    _prefect_server("dispatch.mode: work_pools" if federation.dispatch.mode == "work_pools" else None)
     state = _state()
     tracker = tracker_for(federation, state)
     preflight(tracker.uri)
@@ -240,14 +260,11 @@ def deploy(
 ) -> None:
     """Register the federation with a Prefect server: locked pools, one silo deployment per silo pool,
     the training deployment on the coordinator's pool. Running it again changes nothing."""
-    import os
-
     from infra.config import load_config
     from infra.workpools import deploy as register
 
-    if not os.environ.get("PREFECT_API_URL"):
-        raise FedsiloError("deploy needs a Prefect server: set PREFECT_API_URL (`fedsilo stack up` prints it)")
     federation = load_config(config)
+    _prefect_server("deploy")
     for name in register(federation, config, cron=cron, timezone=timezone):
         out.print(f"deployment {name}")
     out.print("run a job with dispatch.mode: work_pools (or FEDSILO_DISPATCH=work_pools) and `fedsilo run`, "

@@ -54,9 +54,9 @@ def silo_flow(
     config = silo_config(config_path, federation, silo_id)
     state = resolve_state_dir()
     manifest = _run_phase(config, state, federation, silo_id, round_number, phase, refs)
-    # Also left in the exchange, where a coordinator running this flow on the silo's work pool reads it.
-    exchange = exchange_for(config, state)
-    exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), manifest)
+    if config.dispatch.mode == "work_pools":  # the coordinator reads it from the exchange, not from Prefect
+        exchange = exchange_for(config, state)
+        exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), manifest)
     return manifest
 
 

@@ -81,6 +81,9 @@ class Stack:
         self.pids = self.root / "pids"
         self.logs = self.root / "logs"
         self.layout_file = self.root / "stack.json"
+        # processes this call started: their Popen tells liveness even before exec has replaced the
+        # forked child's command line (which the recorded-argv check cannot yet match)
+        self._children: dict[str, subprocess.Popen] = {}
 
     # -- layout ------------------------------------------------------------------------------------
     def layout(self) -> dict:
@@ -175,10 +178,19 @@ class Stack:
                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
         record = {"pid": process.pid, "pgid": process.pid, "argv": service.argv, "started": time.time()}
         self._pid_file(service.name).write_text(json.dumps(record))
+        self._children[service.name] = process
+
+    def _running(self, name: str) -> bool:
+        """Ours and running: a child of this call that has not exited, or a recorded process that runs
+        the recorded command."""
+        child = self._children.get(name)
+        if child is not None:
+            return child.poll() is None
+        return self._alive(self._recorded(name))
 
     def _wait_ready(self, service: Service, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if not self._alive(self._recorded(service.name)):
+            if not self._running(service.name):
                 raise StackError(f"{service.name} exited while starting; see {self.logs / (service.name + '.log')}")
             if service.health is None:
                 return
@@ -195,16 +207,20 @@ class Stack:
     def _stop(self, name: str) -> bool:
         record = self._recorded(name)
         stopped = False
-        if self._alive(record):
+        if record is not None and self._running(name):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record["pgid"], signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT_S
-            while self._alive(record) and time.monotonic() < deadline:
+            while self._running(name) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if self._alive(record):
+            if self._running(name):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(record["pgid"], signal.SIGKILL)
             stopped = True
+        child = self._children.pop(name, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=STOP_TIMEOUT_S)  # reap it
         self._pid_file(name).unlink(missing_ok=True)
         return stopped
 
@@ -223,7 +239,7 @@ class Stack:
             for service in self.services(layout):
                 (workers if service.health is None else servers).append(service)
             for service in servers:  # start the servers together, then wait for each
-                if not self._alive(self._recorded(service.name)):
+                if not self._running(service.name):
                     port = layout["ports"][service.name]
                     if not port_free(port):
                         raise StackError(f"{service.name}: port {port} on {HOST} is taken by a process this stack "
@@ -238,7 +254,7 @@ class Stack:
             self._pools(layout)
             on_step(f"work pools: {COORDINATOR_POOL}, " + ", ".join(s.pool_name for s in self.config.silos))
             for service in workers:
-                if not self._alive(self._recorded(service.name)):
+                if not self._running(service.name):
                     self._start(service)
                     started.append(service.name)
             for service in workers:

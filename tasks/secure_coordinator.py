@@ -15,7 +15,7 @@ coordinator then holds one sum per bucket, each over at least a strict majority 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from prefect import get_run_logger, task
@@ -89,24 +89,23 @@ class SecureRound:
         return self._union(lambda b: b.masked.survivors)
 
 
-def _sign_set(config: FederationConfig, state: StateDir, bucket: Bucket, name: str, body: dict) -> None:
-    envelope = crypto.seal(coordinator_identity(state), bucket.ctx.header(name, COORDINATOR), body)
-    bucket.channel(exchange_for(config, state)).publish_set(name, envelope)
+def _announce(config: FederationConfig, state: StateDir, buckets: Sequence[Bucket], name: str,
+              body: Callable[[Bucket], dict]) -> None:
+    """Sign the coordinator's set `name` for each bucket (key and exchange opened once)."""
+    identity, exchange = coordinator_identity(state), exchange_for(config, state)
+    for bucket in buckets:
+        envelope = crypto.seal(identity, bucket.ctx.header(name, COORDINATOR), body(bucket))
+        bucket.channel(exchange).publish_set(name, envelope)
 
 
-def _announce(config: FederationConfig, state: StateDir, sr: SecureRound, name: str, body: Callable[[Bucket], dict]) -> None:
-    for bucket in sr.buckets:
-        _sign_set(config, state, bucket, name, body(bucket))
-
-
-def _answered(sr: SecureRound, outcomes: list[SiloOutcome], phase: str, federation: str) -> tuple[SecureRound, list[str]]:
+def _answered(sr: SecureRound, outcomes: list[SiloOutcome], phase: str, federation: str) -> tuple[SecureRound, Participation]:
     """Fold a phase's outcomes into the round: who answered, who dropped (and why), bytes sent."""
     got = sort_outcomes(outcomes, federation, sr.round_number, phase)
     out = {**sr.out, **{s: f"dropped at {phase}: {why}" for s, why in got.out.items()}}
     sent = dict(sr.bytes)
     for silo, manifest in got.manifests.items():
         sent[silo] = sent.get(silo, 0) + int(manifest.get("bytes", 0))
-    return replace(sr, out=out, bytes=sent), got.silos_in
+    return replace(sr, out=out, bytes=sent), got
 
 
 Step = Callable[[Bucket], tuple[Bucket, dict[str, str]]]
@@ -183,7 +182,7 @@ def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan, n_pa
     level = SiloLevel.of(config, n_parameters)
     if level is not None:
         body["privacy"] = level.plan()
-    _sign_set(config, state, Bucket(index=None, ctx=whole), "plan", body)
+    _announce(config, state, [Bucket(index=None, ctx=whole)], "plan", lambda _: body)
     return sr
 
 
@@ -208,7 +207,7 @@ def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outc
 
     sr = _advance(sr, "keys", step)
     _quorum(config, sr, sr.u1, "keys")
-    _announce(config, state, sr, "u1", lambda b: {
+    _announce(config, state, sr.buckets, "u1", lambda b: {
         "u1": b.adverts.u1, "identities": {s: crypto.b64(k) for s, k in b.identities.items()},
         "weight_scale": b.weight_scale,
     })
@@ -217,7 +216,8 @@ def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outc
 
 @task(name="secure-shares", cache_policy=NONE, persist_result=False)
 def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
-    sr, answered = _answered(sr, outcomes, "shares", config.federation)
+    sr, got = _answered(sr, outcomes, "shares", config.federation)
+    answered = got.silos_in
     exchange = exchange_for(config, state)
 
     def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
@@ -228,15 +228,16 @@ def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, ou
 
     sr = _advance(sr, "shares", step)
     _quorum(config, sr, sr.u2, "shares")
-    _announce(config, state, sr, "u2", lambda b: {"u2": b.shares.u2})
+    _announce(config, state, sr.buckets, "u2", lambda b: {"u2": b.shares.u2})
     return sr
 
 
 @task(name="secure-masked", cache_policy=NONE, persist_result=False)
 def secure_masked(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
     """Verify and sum the masked inputs; announce the survivors and the dropped (U3, D)."""
-    sr, answered = _answered(sr, outcomes, "masked", config.federation)
-    clipped = {s: bool(m.get("clipped")) for s, m in sort_outcomes(outcomes, config.federation, sr.round_number, "masked").manifests.items()}
+    sr, got = _answered(sr, outcomes, "masked", config.federation)
+    answered = got.silos_in
+    clipped = {s: bool(m.get("clipped")) for s, m in got.manifests.items()}
     exchange = exchange_for(config, state)
 
     def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
@@ -247,7 +248,7 @@ def secure_masked(config: FederationConfig, state: StateDir, sr: SecureRound, ou
 
     sr = _advance(replace(sr, clipped=clipped), "masked input", step)
     _quorum(config, sr, sr.survivors, "masked input")
-    _announce(config, state, sr, "u3", lambda b: {"survivors": b.masked.survivors, "dropped": b.masked.dropped})
+    _announce(config, state, sr.buckets, "u3", lambda b: {"survivors": b.masked.survivors, "dropped": b.masked.dropped})
     return sr
 
 
@@ -258,7 +259,8 @@ def secure_unmask(
     """Remove the masks, decode the sum(s), merge (FedAvg step, or the robust rule over bucket means)
     and publish the new global model."""
     began = time.perf_counter()
-    sr, answered = _answered(sr, outcomes, "unmask", config.federation)
+    sr, got = _answered(sr, outcomes, "unmask", config.federation)
+    answered = got.silos_in
     r = sr.round_number
     exchange = exchange_for(config, state)
     results: dict[str, server.Unmasked] = {}

@@ -176,6 +176,14 @@ def test_user_errors_are_one_line_and_change_nothing(demo):
     one_line_error(unreachable, "http://127.0.0.1:9", "unreachable")
 
     one_line_error(demo.fedsilo("run", str(demo.example / "absent.yaml")), "absent.yaml", "not found")
+
+    no_server = {"PREFECT_API_URL": ""}
+    one_line_error(demo.fedsilo("run", str(demo.config), env={**no_server, "FEDSILO_DISPATCH": "work_pools"}),
+                   "dispatch.mode: work_pools needs a Prefect server", "PREFECT_API_URL")
+    one_line_error(demo.fedsilo("deploy", str(demo.config), env=no_server), "deploy needs a Prefect server")
+    closed = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    one_line_error(demo.fedsilo("deploy", str(demo.config), env=closed), "http://127.0.0.1:9/api", "unreachable")
+    one_line_error(demo.fedsilo("run", str(demo.config), env=closed), "http://127.0.0.1:9/api", "unreachable")
     assert demo.registry_snapshot() == before
 
 
