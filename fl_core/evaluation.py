@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 METRICS = ("accuracy", "roc_auc", "log_loss")
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False}
@@ -72,6 +74,8 @@ def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
 
 
 def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    import torch  # here: the metrics and the gate do not need it
+
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).squeeze(-1)

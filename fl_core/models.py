@@ -8,37 +8,12 @@ model from the same config gets the same parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from fl_core.seeding import torch_rng
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelSpec:
-    """``kind: logistic`` is one linear layer; ``kind: mlp`` adds ``hidden`` layers with ``activation``."""
-
-    __pydantic_config__ = {"extra": "forbid"}
-
-    kind: Literal["logistic", "mlp"] = "logistic"
-    hidden: tuple[int, ...] = ()
-    activation: Literal["relu", "tanh"] = "relu"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("logistic", "mlp"):
-            raise ValueError(f"kind must be 'logistic' or 'mlp', got {self.kind!r}")
-        if self.activation not in ("relu", "tanh"):
-            raise ValueError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
-        if self.kind == "logistic" and self.hidden:
-            raise ValueError(f"a logistic model has no hidden layers, got hidden={list(self.hidden)!r}")
-        if self.kind == "mlp" and not self.hidden:
-            raise ValueError("an mlp needs at least one hidden layer size, e.g. hidden: [16]")
-        bad = [h for h in self.hidden if h < 1]
-        if bad:
-            raise ValueError(f"hidden layer sizes must be >= 1, got {list(self.hidden)!r}")
+from fl_core.specs import ModelSpec  # noqa: F401 (re-exported: the spec lives without torch)
 
 
 def build_model(spec: ModelSpec, n_inputs: int, seed: int) -> nn.Module:

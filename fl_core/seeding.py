@@ -8,9 +8,12 @@ silo or a round never shifts the randomness of the others.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def derive_seed(root: int, *labels: str | int) -> int:
@@ -25,6 +28,8 @@ def numpy_rng(seed: int) -> np.random.Generator:
 
 
 def torch_rng(seed: int) -> torch.Generator:
+    import torch  # here: code that only derives seeds does not load torch
+
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -17,45 +16,7 @@ from torch import nn
 
 from fl_core.errors import TrainingError
 from fl_core.seeding import torch_rng
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainSpec:
-    """How each silo trains in a round.
-
-    ``local_epochs`` passes over the training split, or exactly ``local_steps`` minibatches when
-    that is set (it then overrides epochs, so that silos of very different sizes do the same
-    amount of work per round).
-    """
-
-    __pydantic_config__ = {"extra": "forbid"}
-
-    rounds: int = 10
-    local_epochs: int = 1
-    local_steps: int | None = None
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds!r}")
-        if self.local_epochs < 1:
-            raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs!r}")
-        if self.local_steps is not None and self.local_steps < 1:
-            raise ValueError(f"local_steps must be >= 1 when set, got {self.local_steps!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+from fl_core.specs import TrainSpec
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

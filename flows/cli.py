@@ -1,7 +1,9 @@
 """`fedsilo`: run a federated training job, check data contracts, show the last job, build the
-example federation's data.
+example federation's data; in federated mode, start the servers on one machine (`stack`), register
+the federation with Prefect (`deploy`) and start a job there from CI (`trigger`).
 
-Exit codes: 0 success; 1 a user-facing error (one line on stderr, no traceback); 2 bad usage.
+Exit codes: 0 success; 1 a user-facing error (one line on stderr, no traceback); 2 bad usage; 3 (trigger)
+the job ran and the gate rejected its model.
 Heavy libraries (Prefect, MLflow, Great Expectations, torch) are imported inside the commands that
 need them, so `fedsilo --help` answers at once.
 """
@@ -269,6 +271,42 @@ def deploy(
         out.print(f"deployment {name}")
     out.print("run a job with dispatch.mode: work_pools (or FEDSILO_DISPATCH=work_pools) and `fedsilo run`, "
               "or from the Prefect UI")
+
+
+@app.command()
+@user_errors
+def trigger(
+    config: ConfigArg,
+    rounds: Annotated[int | None, typer.Option(help="rounds in this job (default: training.rounds)", min=1)] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the job", min=1)] = 3600,
+) -> None:
+    """Start a training job from the federation's training deployment on the Prefect server (from a CI
+    job, say) and wait for it. Exit 0 if it completed and its last model passed the gate, 3 if it
+    completed and the gate rejected that model, 1 if it failed, crashed, was cancelled or is still
+    running after --timeout."""
+    from infra.config import load_config
+    from infra.exchange import exchange_for
+    from infra.workpools import trigger as start
+
+    federation = load_config(config)
+    api = _prefect_server("trigger")
+    ui = api.rstrip("/").removesuffix("/api")
+    outcome = start(federation, exchange_for(federation, _state()), rounds, timeout,
+                    on_started=lambda name, run_id: out.print(f"started {name}  {ui}/runs/flow-run/{run_id}", soft_wrap=True))
+    if not outcome.completed:
+        err.print(f"[red]error:[/] job {outcome.run_name} ended {outcome.state.lower()}"
+                  + (f": {outcome.message}" if outcome.message else ""), soft_wrap=True)
+        raise typer.Exit(1)
+    for record in outcome.records:
+        verdict = "promoted" if record.get("promoted") else "rejected by the gate"
+        out.print(f"round {record['round']}: candidate v{record.get('version')} {verdict}")
+    if not outcome.records:
+        err.print(f"[red]error:[/] job {outcome.run_name} completed but no new round is in the exchange "
+                  f"({federation.storage.exchange or 'the local state folder'}); is this the coordinator's exchange?",
+                  soft_wrap=True)
+        raise typer.Exit(1)
+    if not outcome.promoted:
+        raise typer.Exit(3)
 
 
 stack_app = typer.Typer(help="The federated mode's servers on this machine (loopback only), for trying it out.",

@@ -100,6 +100,10 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
     run = _Round(make_dispatcher(config, state), config, config_path, round_number)
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     config_q = quote(config)
+    settle = getattr(run.dispatcher, "settle", None)
+    if settle is not None:  # silo runs an interrupted coordinator left going must not write into this round
+        for name in settle():
+            reporter().note(f"ended flow run {name}, left by an interrupted round")
     plan = plan_round(config_q, state, round_number)
     aggregated = AGGREGATION[config.aggregation.mode](run, config_q, state, plan, job_run_id)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -23,7 +24,6 @@ from infra.dispatch import silo_run_name as run_name
 from infra.exchange import exchange_for
 from infra.state import resolve_state_dir
 from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
-from tasks.silo import evaluate_models, load_and_validate, train_silo
 
 Phase = Literal["train", "shares", "masked", "unmask", "evaluate"]
 PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_shares}
@@ -31,6 +31,14 @@ PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_
 
 def silo_run_name() -> str:
     return run_name(flow_run.parameters)
+
+
+def _own_deployment():
+    """This run's deployment: set when a worker or runner started it from the silo's deployment, not
+    when the coordinator called the flow in its own process (a subflow has none of its own, even in a
+    deployed parent)."""
+    context = FlowRunContext.get()
+    return getattr(context.flow_run, "deployment_id", None) if context is not None else None
 
 
 def silo_config(config_path: str, federation: str, silo_id: str) -> FederationConfig:
@@ -54,7 +62,7 @@ def silo_flow(
     config = silo_config(config_path, federation, silo_id)
     state = resolve_state_dir()
     manifest = _run_phase(config, state, federation, silo_id, round_number, phase, refs)
-    if config.dispatch.mode == "work_pools":  # the coordinator reads it from the exchange, not from Prefect
+    if _own_deployment() is not None:  # a run on the silo's pool: the coordinator reads this from the exchange
         exchange = exchange_for(config, state)
         exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), manifest)
     return manifest
@@ -66,6 +74,10 @@ def _run_phase(config: FederationConfig, state, federation: str, silo_id: str, r
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     if phase in PROTOCOL_TASKS:
         return {**manifest, "status": "ok", **PROTOCOL_TASKS[phase](quote(config), silo_id, round_number, state)}
+    # here, not at the top: the protocol phases run in a fresh process each in federated mode, and
+    # need neither torch nor the data tooling
+    from tasks.silo import evaluate_models, load_and_validate, train_silo
+
     data, summary = load_and_validate(quote(config), silo_id, state)
     manifest["validation"] = summary.to_dict()
     if data is None:

@@ -41,11 +41,10 @@ from fl_core.dp.fedavg import Aggregator
 from fl_core.dp.policy import RecordPrivacy, SiloPrivacy
 from fl_core.errors import AggregationError, ConfigError, HeadroomError
 from fl_core.gate import GateSpec
-from fl_core.models import ModelSpec
 from fl_core.schema import DataContract
 from fl_core.secagg.spec import SecureSpec
 from fl_core.seeding import derive_seed, numpy_rng
-from fl_core.training import TrainSpec
+from fl_core.specs import ModelSpec, TrainSpec
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_OVERRIDES = {"FEDSILO_TRACKING_URI": ("tracking", "uri"), "FEDSILO_EXCHANGE": ("storage", "exchange"),

@@ -5,7 +5,8 @@ pool), an S3-compatible server (moto's server mode) and an MLflow tracking serve
 
 Everything lives under ``<state>/stack/``: ``stack.json`` (ports, addresses, bucket), ``pids/<name>.json``
 (pid, process group, the command it runs), ``logs/<name>.log``, the servers' stores, and one state
-folder per silo (``silos/<id>/``: each silo's worker runs its flows with its own ``FEDSILO_HOME``).
+folder per silo (``silos/<id>/``: each silo's worker runs its flows with its own ``FEDSILO_HOME``); the
+coordinator's worker uses the state folder the stack was started from, like `fedsilo run` there.
 Each process starts in its own session and is stopped by its recorded process group only — and only
 if the pid still runs the command recorded for it (a pid reused by another program is left alone).
 
@@ -77,6 +78,7 @@ def port_free(port: int) -> bool:
 class Stack:
     def __init__(self, state: StateDir, config: FederationConfig):
         self.config = config
+        self.state_root = state.root
         self.root = state.root / "stack"
         self.pids = self.root / "pids"
         self.logs = self.root / "logs"
@@ -134,15 +136,21 @@ class Stack:
                     {**base, **quiet, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{urls['mlflow']}/health"),
         ]
         client = self.client_environment(layout)
-        worker_env = {**base, **quiet, **client, "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # the pools' fixed command runs the `python` first on PATH: this environment's
+        path = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
+        worker_env = {**base, **quiet, **client, "PATH": path, "PREFECT_WORKER_QUERY_SECONDS": "1",
                       "PREFECT_HOME": str(self.root / "prefect-client")}
-        for pool, home in [(COORDINATOR_POOL, self.root / "coordinator"),
+        # the coordinator's worker shares the state folder of whoever runs `fedsilo run` here: one coordinator
+        # identity, one privacy ledger, whether a job starts from the command line or from the deployment
+        for pool, home in [(COORDINATOR_POOL, self.state_root),
                            *((s.pool_name, self.root / "silos" / s.id) for s in self.config.silos)]:
             services.append(Service(
                 f"worker-{pool}",
                 [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
                  f"{pool}-worker", "--no-create-pool-if-not-found", "--install-policy", "never"],
-                {**worker_env, "FEDSILO_HOME": str(home)}, None,
+                {**worker_env, "FEDSILO_HOME": str(home),
+                 # the training deployment dispatches each silo's phase to the silo's pool
+                 **({"FEDSILO_DISPATCH": "work_pools"} if pool == COORDINATOR_POOL else {})}, None,
             ))
         return services
 

@@ -24,7 +24,6 @@ from fl_core.dp.accounting import Event, GaussianEvent
 from fl_core.dp.distributed import SkellamShares
 from fl_core.dp.fedavg import capped_weights, clip_update
 from fl_core.dp.policy import SiloPrivacy
-from fl_core.models import build_model
 from fl_core.preprocess import FeatureEncoder
 from infra.config import FederationConfig
 from infra.privacy_store import FEDERATION, LedgerStore
@@ -89,6 +88,8 @@ class SiloLevel:
 @functools.lru_cache(maxsize=16)
 def _layer_sizes(model_spec, features) -> tuple[int, ...]:
     """Parameter sizes in flattening order (built once per model and contract, not per phase)."""
+    from fl_core.models import build_model  # here: a protocol phase without silo-level DP needs no torch
+
     model = build_model(model_spec, FeatureEncoder(features).n_outputs, seed=0)
     return tuple(p.numel() for p in model.parameters())
 

@@ -23,12 +23,10 @@ Significance of the Least Significant Bits for Differential Privacy", CCS 2012).
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -37,27 +35,15 @@ from torch import nn
 from fl_core.dp.accounting import GaussianEvent
 from fl_core.errors import PrivacyError, TrainingError
 from fl_core.seeding import torch_rng
+from fl_core.specs import (  # noqa: F401 (re-exported: the specs live without torch)
+    CLIPPING_MODES,
+    Clipping,
+    DPSGDSpec,
+    round_event,
+    sample_rate,
+    steps_per_round,
+)
 from fl_core.training import TrainSpec, _optimizer, training_tensors
-
-Clipping = Literal["auto", "hooks", "ghost"]
-CLIPPING_MODES: tuple[str, ...] = ("auto", "hooks", "ghost")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DPSGDSpec:
-    noise_multiplier: float
-    max_grad_norm: float
-    clipping: Clipping = "auto"  # how per-sample gradients are clipped; see `clipping_mode`
-
-    def __post_init__(self) -> None:
-        if self.clipping not in CLIPPING_MODES:
-            raise PrivacyError(f"clipping must be one of {', '.join(map(repr, CLIPPING_MODES))}, got {self.clipping!r}")
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise PrivacyError(f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier!r}")
-        if not (self.max_grad_norm > 0):  # math.inf allowed without noise: the machinery without clipping
-            raise PrivacyError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
-        if self.noise_multiplier > 0 and math.isinf(self.max_grad_norm):
-            raise PrivacyError("noise needs a finite max_grad_norm (the noise std is noise_multiplier · max_grad_norm)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,22 +54,6 @@ class DPTrainResult:
     event: GaussianEvent
     clipped_fraction: float  # of the per-sample gradients, over the round
     clipping: str  # the mode that ran: "hooks" or "ghost"
-
-
-def sample_rate(n: int, spec: TrainSpec) -> float:
-    return min(1.0, spec.batch_size / n)
-
-
-def steps_per_round(n: int, spec: TrainSpec) -> int:
-    """`local_steps` if set, else `local_epochs` passes in expectation: ⌈epochs · n / batch⌉ steps."""
-    if spec.local_steps is not None:
-        return spec.local_steps
-    return max(1, math.ceil(spec.local_epochs / sample_rate(n, spec)))
-
-
-def round_event(n: int, spec: TrainSpec, noise_multiplier: float) -> GaussianEvent:
-    """What one round of DP-SGD on `n` rows costs, known before training (for the budget check)."""
-    return GaussianEvent(noise_multiplier, sample_rate(n, spec), steps_per_round(n, spec))
 
 
 def noise_generator() -> torch.Generator:

@@ -10,9 +10,8 @@ from typing import Literal
 
 from fl_core.dp.accounting import SkellamEvent, epsilon, noise_for_epsilon
 from fl_core.dp.distributed import SkellamShares
-from fl_core.dp.dpsgd import DPSGDSpec, round_event
 from fl_core.dp.ledger import PrivacyBudget
-from fl_core.training import TrainSpec
+from fl_core.specs import DPSGDSpec, TrainSpec, round_event
 
 
 def _check_policy(policy, clip_name: str, clip: float) -> None:

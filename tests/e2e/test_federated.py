@@ -4,8 +4,13 @@ server, a process worker per silo pool, an S3 server, an MLflow server), `fedsil
 and every artifact going through the bucket. Read back through the Prefect client (flow runs by
 name, per silo), boto3 (the objects) and MlflowClient (runs, versions, aliases). Then a silo's
 worker is killed: its runs are never picked up, the phase times out, and the round completes
-without it, saying which silo dropped and why. Last, an object tampered with in the bucket stops the
-next round with nothing registered."""
+without it, saying which silo dropped and why. A coordinator killed in the middle of a round is
+started again, by `fedsilo trigger` running the training deployment on the coordinator's pool
+(which sends each silo's phases to the silo's pool): the round is redone from scratch (the first
+attempt's silo runs ended, its objects cleared), registered once, and equals FedAvg from the
+previous round.
+Last, an object tampered with in the bucket stops the next round with nothing registered, from the
+command line and from the deployment alike."""
 
 from __future__ import annotations
 
@@ -30,8 +35,11 @@ def federated(tmp_path_factory):
     root = tmp_path_factory.mktemp("federated")
     config = write_synthetic_federation(root / "fed", n_silos=3, rows=120)
     raw = yaml.safe_load(config.read_text())
-    raw["dispatch"] = {"mode": "work_pools", "phase_timeout_s": 45}
+    # generous: on 2 cores shared by three servers and four workers a phase has taken over 45 s
+    raw["dispatch"] = {"mode": "work_pools", "phase_timeout_s": 120}
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    raw["dispatch"]["phase_timeout_s"] = 60  # for the killed worker: what the round waits for it
+    config.with_name("short-timeout.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     home = root / "state"
     cli(home, "stack", "up", str(config))
     env = {}
@@ -145,12 +153,12 @@ def test_a_silo_whose_worker_is_killed_is_dropped_and_the_round_completes(federa
     while alive(worker["pid"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(worker["pid"])
-    run = cli(federated["home"], "run", str(federated["config"]), "--rounds", "1", "--no-progress",
-              env=federated["env"], timeout=900)
+    run = cli(federated["home"], "run", str(federated["config"].with_name("short-timeout.yaml")), "--rounds", "1",
+              "--no-progress", env=federated["env"], timeout=900)
     assert "candidate v3" in run.stdout, run.stdout + run.stderr
     third = record(federated, 3)
     assert third["silos_in"] == ["s0", "s1"]
-    assert "timed out after 45 s" in third["silos_out"]["s2"]
+    assert "timed out after 60 s" in third["silos_out"]["s2"]
     from mlflow import MlflowClient
 
     mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
@@ -161,12 +169,102 @@ def test_a_silo_whose_worker_is_killed_is_dropped_and_the_round_completes(federa
     assert late and late[0].state.type.value in ("CANCELLED", "CANCELLING")  # not left to run later
 
 
-def test_a_tampered_object_in_the_bucket_is_rejected_and_changes_nothing(federated):
+def committed(federated) -> list[int]:
+    keys = [o["Key"] for page in s3(federated).get_paginator("list_objects_v2").paginate(
+        Bucket="fedsilo", Prefix="synth/federations/synth/rounds/") for o in page.get("Contents", [])]
+    return sorted(int(k.split("/")[4]) for k in keys if k.endswith("/round.json"))
+
+
+def global_vector(federated, r: int):
+    """Round r's global model, read and digest-checked through the exchange over the bucket."""
+    from infra.exchange import Exchange, ObjectRef
+    from infra.s3_store import S3ObjectStore
+
+    store = S3ObjectStore("fedsilo", "synth", client=s3(federated))
+    return Exchange(store, "synth").get_vector(ObjectRef.from_dict(record(federated, r)["global"]))
+
+
+def versions_by_round(federated) -> dict[int, list[int]]:
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
+    out: dict[int, list[str]] = {}
+    for v in mlflow.search_model_versions("name = 'synth'"):
+        out.setdefault(int(v.tags["fedsilo.round"]), []).append(v.version)
+    return out
+
+
+def test_a_coordinator_killed_mid_round_is_resumed_by_a_triggered_job_and_nothing_is_duplicated(federated):
+    """`fedsilo run` is killed in the middle of round r; `fedsilo trigger` then runs the training
+    deployment on the coordinator's pool, which redoes round r, sending each silo's phases to the
+    silo's own pool."""
+    import subprocess
+
+    from stack_helpers import FEDSILO
+
     before = {name: r["pid"] for name, r in recorded(federated["home"]).items()}
     cli(federated["home"], "stack", "up", str(federated["config"]))  # restarts only the killed worker
     after = {name: r["pid"] for name, r in recorded(federated["home"]).items()}
     assert {n for n in after if after[n] != before.get(n)} == {"worker-silo-s2"}
-    bucket, key = s3(federated), "synth/federations/synth/rounds/3/global.arrow"
+
+    r = committed(federated)[-1] + 1
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_"))}
+    coordinator = subprocess.Popen(
+        [FEDSILO, "run", str(federated["config"]), "--rounds", "1", "--no-progress"],
+        env={**base, "FEDSILO_HOME": str(federated["home"]), **federated["env"]}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    masked = f"synth/federations/synth/rounds/{r}/secagg/masked/"
+    deadline = time.monotonic() + 300
+    try:  # kill it once the first silo has sent its masked input: keys and shares exist, nothing is summed
+        while "Contents" not in s3(federated).list_objects_v2(Bucket="fedsilo", Prefix=masked):
+            assert coordinator.poll() is None and time.monotonic() < deadline, "the round never reached masking"
+            time.sleep(0.2)
+    finally:
+        os.killpg(coordinator.pid, signal.SIGKILL)
+        coordinator.wait()
+    assert committed(federated)[-1] == r - 1  # the interrupted round is not committed
+
+    run = cli(federated["home"], "trigger", str(federated["config"]), "--rounds", "1", "--timeout", "600",
+              env=federated["env"], timeout=900, check=False)
+    done = record(federated, r)
+    assert run.returncode == (0 if done["promoted"] else 3), run.stdout + run.stderr
+    assert f"round {r}: candidate v{done['version']}" in run.stdout
+    assert done["silos_in"] == SILOS and done["parent_round"] == r - 1
+    assert {k: v for k, v in versions_by_round(federated).items() if v != [str(k)]} == {}  # one version per round
+
+    with prefect(federated) as client:
+        every = client.read_flow_runs(limit=200)
+        deployments = {d.id: d.name for d in client.read_deployments()}
+    runs = {x.name: x for x in every}  # silo runs have one name per round and phase; jobs share theirs
+    job = [x for x in every if x.deployment_id and deployments[x.deployment_id] == "synth-training"]
+    assert len(job) == 1 and job[0].state.is_completed() and job[0].work_pool_name == "fedsilo-coordinator"
+    for silo in SILOS:  # the job dispatched every silo's phases to the silo's own pool
+        assert runs[f"synth/r{r:03d}/{silo}/unmask"].work_pool_name == f"silo-{silo}"
+    attempt = [x for x in runs.values() if x.name.startswith(f"synth/r{r:03d}/")]
+    assert attempt and all(x.state.is_final() for x in attempt)  # nothing of the first attempt still runs
+
+    # the redone round is the round an uninterrupted job computes: FedAvg of every silo from round r-1
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from fl_core.simulation import SiloArrays, fedavg_rounds
+    from infra.config import load_config
+    from infra.silo_data import encode_table
+
+    config = load_config(federated["config"])
+    arrays = {}
+    for silo in SILOS:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        arrays[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
+    expected = fedavg_rounds(arrays, config.model, config.training, config.seed, rounds=1,
+                             start=global_vector(federated, r - 1), first_round=r)
+    np.testing.assert_allclose(global_vector(federated, r), expected, rtol=0, atol=1e-4)
+
+
+def test_a_tampered_object_in_the_bucket_is_rejected_and_changes_nothing(federated):
+    last = committed(federated)[-1]
+    bucket, key = s3(federated), f"synth/federations/synth/rounds/{last}/global.arrow"
     original = bucket.get_object(Bucket="fedsilo", Key=key)["Body"].read()
     tampered = bytearray(original)
     tampered[-64] ^= 0x01  # one bit of the model the next round starts from
@@ -178,5 +276,10 @@ def test_a_tampered_object_in_the_bucket_is_rejected_and_changes_nothing(federat
     from mlflow import MlflowClient
 
     mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
-    assert sorted(int(v.version) for v in mlflow.search_model_versions("name = 'synth'")) == [1, 2, 3]
-    assert "Contents" not in bucket.list_objects_v2(Bucket="fedsilo", Prefix="synth/federations/synth/rounds/4/round.json")
+    assert sorted(int(v.version) for v in mlflow.search_model_versions("name = 'synth'")) == list(range(1, last + 1))
+    assert committed(federated)[-1] == last
+    # the same refusal through the training deployment: the job's flow run fails, and so does trigger
+    triggered = cli(federated["home"], "trigger", str(federated["config"]), "--rounds", "1", "--timeout", "300",
+                    env=federated["env"], timeout=600, check=False)
+    assert triggered.returncode == 1 and "ended failed" in triggered.stderr, triggered.stdout + triggered.stderr
+    assert committed(federated)[-1] == last
