@@ -1,28 +1,33 @@
-"""Per-round overhead of the federated path (every silo phase a flow run on the silo's own work pool,
-every artifact through an S3 server) against the embedded path (every silo phase a subflow in the
-coordinator's process, a local exchange), on the same federation and model.
+"""Per-round overhead of the federated path (every silo phase a flow run of the silo's own
+deployment, every artifact through an S3 server) against the embedded path (every silo phase a
+subflow in the coordinator's process, a local exchange), on the same federation and model.
 
 Overhead is a round's wall time minus its compute (local training and evaluation, measured inside
 the silo tasks), as in benchmarks/round_overhead.py: what orchestration, tracking, validation,
-the protocol and the exchange cost. Both paths run secure aggregation (five silo phases a round).
+the protocol and the exchange cost. All paths run secure aggregation (five silo phases a round).
 
-The federated path runs against `fedsilo stack up` (a Prefect server, one process worker per silo
-pool, moto's S3 server and an MLflow server, all on 127.0.0.1), after `fedsilo deploy`, with
-`fedsilo run` in its own process. Where its time goes is read back from the Prefect server: for
-every silo flow run of the measured rounds, the time from its creation to a worker claiming it
-(pickup), from the claim to the flow's engine running (the run's process starting: interpreter,
-imports, loading the flow), the flow itself (running to completed), and what is left of the phase
-(creating the runs one at a time, noticing completions, reading manifests from the bucket).
+The federated path runs against `fedsilo stack up` (a Prefect server, moto's S3 server and an MLflow
+server, all on 127.0.0.1), after `fedsilo deploy`, with `fedsilo run` in its own process, in two
+ways a silo can run its part:
+- pools: one Prefect process worker per silo pool; every phase of every silo is a new Python
+  process (interpreter, imports, loading the flow);
+- served: the silos' workers stopped, each silo running `fedsilo silo serve` (the hardened runner:
+  one long-lived process per silo that runs its flow runs in itself).
+Where the time goes is read back from the Prefect server: for every silo flow run of the measured
+rounds, the time from its creation to being claimed (pickup), from the claim to the flow running
+(for a worker: the run's process starting), the flow itself (running to completed), and per phase
+the span from the first run created to the last one completed.
 
-On one machine every silo's worker shares its cores: at 16 silos, 16 flow-run processes start at
-once on 2 cores, which a federation of 16 sites never does. The per-run figures say what one silo
-pays; the per-round figures are what this machine pays.
+On one machine every silo shares its cores: at 16 silos, 16 flow-run processes start at once on 2
+cores, which a federation of 16 sites never does. The per-run figures say what one silo pays; the
+per-round figures are what this machine pays.
 
-    python benchmarks/workpool_overhead.py            # 4 and 16 silos, 1 warm-up + 3 measured rounds
-    python benchmarks/workpool_overhead.py --quick    # 4 silos, 1 warm-up + 1 measured round
+    python benchmarks/workpool_overhead.py            # 4 and 16 silos, 1 warm-up + 3 measured rounds each way
+    python benchmarks/workpool_overhead.py --quick    # 4 silos, 1 warm-up + 1 measured round each way
 
-Last line: JSON with `pools_overhead_s_per_round_4`, `inprocess_overhead_s_per_round_4` (and
-`_16` without --quick), the ratio, and the breakdown medians.
+Last line: JSON with `pools_overhead_s_per_round_4`, `inprocess_overhead_s_per_round_4`,
+`served_overhead_s_per_round_4` (and `_16` without --quick), the ratios to embedded, and the
+per-run medians.
 """
 
 from __future__ import annotations
@@ -95,11 +100,12 @@ def s3_records(env: dict[str, str], federation_name: str, rounds: range) -> list
 def run_breakdown(env: dict[str, str], federation_name: str, rounds: range) -> dict[str, list[float]]:
     """Per silo flow run of `rounds`: pickup, start, flow (seconds), from the server's state history."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     out = {"pickup_s": [], "start_s": [], "flow_s": [], "span_s": [], "last_start_s": []}
     spans: dict[str, list] = {}
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+    settings = {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}
+    with temporary_settings(settings), get_client(sync_client=True) as client:
         runs, offset = [], 0
         while batch := client.read_flow_runs(limit=200, offset=offset):  # the server serves 200 at most
             runs += batch
@@ -139,63 +145,89 @@ def summarise(label: str, timings: list[dict]) -> dict[str, float]:
     return row
 
 
-def measure(n_silos: int, warmup: int, rounds: int, workdir: Path) -> dict[str, float]:
+def breakdown(label: str, env: dict[str, str], rounds: range, row: dict) -> dict:
+    runs = run_breakdown(env, "synth", rounds)
+    row.update({f"run_{k}": statistics.median(v) for k, v in runs.items()})
+    row["runs"] = len(runs["flow_s"])
+    print(f"  {label:<10} per silo flow run (median of {row['runs']}): pickup {row['run_pickup_s']:.2f} s, "
+          f"claim to running {row['run_start_s']:.2f} s, flow {row['run_flow_s']:.2f} s; per phase on the server: "
+          f"first run created to last completed {row['run_span_s']:.2f} s", flush=True)
+    return row
+
+
+def serve(home: Path, config: Path, env: dict[str, str], silos: list[str]) -> list[subprocess.Popen]:
+    """Stop the stack's silo workers (by their recorded process groups) and start one runner per silo."""
+    import signal
+
+    pids = home / "stack" / "pids"
+    for silo in silos:
+        record = json.loads((pids / f"worker-silo-{silo}.json").read_text())
+        os.killpg(record["pgid"], signal.SIGTERM)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_", "MLFLOW_"))}
+    return [subprocess.Popen([FEDSILO, "silo", "serve", str(config), "--silo", silo],
+                             env={**base, **env, "FEDSILO_HOME": str(home / "stack" / "silos" / silo)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            for silo in silos]
+
+
+def measure(n_silos: int, warmup: int, rounds: int, workdir: Path) -> dict[str, dict]:
+    import signal
+
     total = warmup + rounds
-    measured = range(warmup + 1, total + 1)
-    print(f"\n{n_silos} silos: {warmup} warm-up + {rounds} measured round(s), secure aggregation", flush=True)
+    print(f"\n{n_silos} silos: {warmup} warm-up + {rounds} measured round(s) each way, secure aggregation", flush=True)
 
     # embedded: subflows in this process's job, a local exchange
     home = workdir / f"embedded-{n_silos}"
     config = federation(workdir / f"fed-embedded-{n_silos}", n_silos, "in_process")
-    began = time.perf_counter()
     fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress")
-    inprocess = summarise("embedded", round_timings(local_records(home, "synth", measured)))
-    inprocess["job_s"] = time.perf_counter() - began
+    inprocess = summarise("embedded", round_timings(local_records(home, "synth", range(warmup + 1, total + 1))))
 
-    # federated: the stack, deployments, a job whose silo phases are flow runs on the silos' pools
+    # federated: the stack, deployments, a job whose silo phases are flow runs of the silos' deployments
     home = workdir / f"federated-{n_silos}"
     config = federation(workdir / f"fed-pools-{n_silos}", n_silos, "work_pools")
     began = time.perf_counter()
     env = exports(fedsilo(home, "stack", "up", str(config)))
     stack_s = time.perf_counter() - began
+    runners: list[subprocess.Popen] = []
     try:
         fedsilo(home, "deploy", str(config), env=env)
-        began = time.perf_counter()
         fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress", env=env)
-        job_s = time.perf_counter() - began
+        measured = range(warmup + 1, total + 1)
         pools = summarise("pools", round_timings(s3_records(env, "synth", measured)))
-        pools["job_s"], pools["stack_up_s"] = job_s, stack_s
-        runs = run_breakdown(env, "synth", measured)
+        runners = serve(home, config, env, [f"s{i}" for i in range(n_silos)])
+        fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress", env=env)
+        served_rounds = range(total + warmup + 1, 2 * total + 1)
+        served = summarise("served", round_timings(s3_records(env, "synth", served_rounds)))
+        breakdown("pools", env, measured, pools)
+        breakdown("served", env, served_rounds, served)
     finally:
+        for runner in runners:
+            os.killpg(runner.pid, signal.SIGTERM)
+            runner.wait(timeout=30)
         fedsilo(home, "stack", "down", str(config))
-    per_phase_flow = statistics.median(runs["flow_s"])
-    pools.update({f"run_{k}": statistics.median(v) for k, v in runs.items()})
-    pools["runs"] = len(runs["flow_s"])
-    phase_wall = statistics.median(pools[p] for p in PHASES)
-    print(f"  per silo flow run (median of {pools['runs']}): pickup {pools['run_pickup_s']:.2f} s, process start "
-          f"{pools['run_start_s']:.2f} s, flow {per_phase_flow:.2f} s", flush=True)
-    print(f"  per phase (median): {phase_wall:.2f} s at the coordinator; on the server, first run created to last "
-          f"running {pools['run_last_start_s']:.2f} s, to last completed {pools['run_span_s']:.2f} s", flush=True)
-    print(f"  stack up {stack_s:.1f} s (once); pools / embedded overhead per round: "
-          f"{pools['overhead_s'] / inprocess['overhead_s']:.2f}x", flush=True)
-    return {"pools": pools, "inprocess": inprocess}
+    print(f"  stack up {stack_s:.1f} s (once); overhead per round against embedded: pools "
+          f"{pools['overhead_s'] / inprocess['overhead_s']:.2f}x, served {served['overhead_s'] / inprocess['overhead_s']:.2f}x; "
+          f"pools against served {pools['overhead_s'] / served['overhead_s']:.2f}x", flush=True)
+    return {"pools": pools, "served": served, "inprocess": inprocess}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 silos, one measured round")
+    parser.add_argument("--quick", action="store_true", help="4 silos, one measured round each way")
     args = parser.parse_args()
     sizes, rounds = ((4,), 1) if args.quick else ((4, 16), 3)
     headline: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fedsilo-workpools-") as tmp:
         for n in sizes:
             result = measure(n, 1, rounds, Path(tmp))
-            pools, inprocess = result["pools"], result["inprocess"]
-            headline[f"pools_overhead_s_per_round_{n}"] = round(pools["overhead_s"], 3)
-            headline[f"inprocess_overhead_s_per_round_{n}"] = round(inprocess["overhead_s"], 3)
-            headline[f"pools_to_inprocess_overhead_ratio_{n}"] = round(pools["overhead_s"] / inprocess["overhead_s"], 3)
-            for key in ("run_pickup_s", "run_start_s", "run_flow_s"):
-                headline[f"{key.removeprefix('run_')}_median_{n}"] = round(pools[key], 3)
+            inprocess = result["inprocess"]["overhead_s"]
+            for path in ("pools", "served"):
+                row = result[path]
+                headline[f"{path}_overhead_s_per_round_{n}"] = round(row["overhead_s"], 3)
+                headline[f"{path}_to_inprocess_overhead_ratio_{n}"] = round(row["overhead_s"] / inprocess, 3)
+                for key in ("run_pickup_s", "run_start_s", "run_flow_s", "run_span_s"):
+                    headline[f"{path}_{key.removeprefix('run_')}_median_{n}"] = round(row[key], 3)
+            headline[f"inprocess_overhead_s_per_round_{n}"] = round(inprocess, 3)
     print(json.dumps(headline))
 
 

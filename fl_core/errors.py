@@ -120,3 +120,8 @@ class BadWeights(AggregationError):
 
 class UnknownAggregator(AggregationError):
     """An aggregation rule name, or a parameter of a rule, that the robust-aggregation registry does not know."""
+
+
+class EnrolmentError(FedsiloError):
+    """A silo is not on the federation's signed roster (never enrolled, or offboarded), its key does
+    not match the roster, or the roster itself fails its signature."""

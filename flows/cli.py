@@ -11,6 +11,7 @@ need them, so `fedsilo --help` answers at once.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,11 @@ def _prefect_server(needed_by: str | None = None) -> str | None:
     return url
 
 
+def _prefect_ui(api: str) -> str:
+    """The UI of the Prefect server whose API is at `api` (the API lives under ``/api``)."""
+    return api.rstrip("/").removesuffix("/api")
+
+
 def _check_data_present(config) -> None:
     missing = [s for s in config.silo_ids if not config.silo_data_path(s).exists()]
     if len(missing) == len(config.silo_ids):
@@ -101,7 +107,15 @@ def run(
 
     federation = load_config(config)
     _check_data_present(federation)
-    _prefect_server("dispatch.mode: work_pools" if federation.dispatch.mode == "work_pools" else None)
+    if federation.dispatch.mode == "work_pools":
+        from infra.workpools import missing_deployments
+
+        _prefect_server("dispatch.mode: work_pools")
+        missing = missing_deployments(federation)
+        if missing:
+            raise FedsiloError(f"no deployment {', '.join(missing)} on the Prefect server; run `fedsilo deploy {config}`")
+    else:
+        _prefect_server()
     state = _state()
     tracker = tracker_for(federation, state)
     preflight(tracker.uri)
@@ -147,7 +161,7 @@ def _where_to_look(federation, state, tracker, result) -> None:
                   soft_wrap=True)
     api = os.environ.get("PREFECT_API_URL")
     if api:  # a Prefect server: its UI is the API's host
-        out.print(f"  Prefect UI  {api.removesuffix('/').removesuffix('/api')}", soft_wrap=True)
+        out.print(f"  Prefect UI  {_prefect_ui(api)}", soft_wrap=True)
     else:
         out.print(f"  Prefect UI  PREFECT_HOME={state.prefect_home} {prefect_cmd} server start   → http://127.0.0.1:4200",
                   soft_wrap=True)
@@ -289,8 +303,7 @@ def trigger(
     from infra.workpools import trigger as start
 
     federation = load_config(config)
-    api = _prefect_server("trigger")
-    ui = api.rstrip("/").removesuffix("/api")
+    ui = _prefect_ui(_prefect_server("trigger"))
     outcome = start(federation, exchange_for(federation, _state()), rounds, timeout,
                     on_started=lambda name, run_id: out.print(f"started {name}  {ui}/runs/flow-run/{run_id}", soft_wrap=True))
     if not outcome.completed:
@@ -327,7 +340,7 @@ def stack_up(config: ConfigArg) -> None:
     """Start a Prefect server, one worker per silo pool, an S3 server and an MLflow server."""
     stack = _stack(config)
     urls = stack.up(on_step=lambda message: out.print(f"[dim]{message}[/]"))
-    out.print(f"Prefect UI  {urls['prefect']}")
+    out.print(f"Prefect UI  {urls['prefect']}  (it asks for PREFECT_API_AUTH_STRING, below)")
     out.print(f"MLflow UI   {urls['mlflow']}")
     out.print(f"S3 endpoint {urls['s3']}  (bucket fedsilo)")
     out.print("to use this stack from a shell:")
@@ -360,6 +373,157 @@ def stack_status(config: ConfigArg) -> None:
     out.print(table)
     if not all(row.running for row in rows):
         raise typer.Exit(1)
+
+
+silo_app = typer.Typer(help="Silo identities and the federation's roster; the hardened silo runner.",
+                       no_args_is_help=True)
+app.add_typer(silo_app, name="silo")
+SiloOpt = Annotated[str, typer.Option("--silo", help="the silo's id (as in the config)", show_default=False)]
+
+
+def _ignored_by_git(path: Path) -> None:
+    """Refuse to keep a private key inside a git work tree unless git ignores that place."""
+    import subprocess
+
+    for parent in [path, *path.parents]:
+        if (parent / ".git").exists():
+            try:
+                ignored = subprocess.run(["git", "-C", str(parent), "check-ignore", "-q", str(path)],
+                                         capture_output=True).returncode == 0
+            except OSError:
+                ignored = False
+            if not ignored:
+                raise FedsiloError(f"{path} is inside the git work tree {parent} and not ignored by it; set "
+                                   "FEDSILO_HOME to a folder outside the repository for the silo's keys")
+            return
+
+
+@silo_app.command("init")
+@user_errors
+def silo_init(
+    config: ConfigArg,
+    silo: SiloOpt,
+    coordinator_key: Annotated[str | None, typer.Option(
+        help="the coordinator's public key (base64), to pin now instead of trusting the first one seen")] = None,
+) -> None:
+    """On the silo's side: make its Ed25519 identity (kept 0600 in FEDSILO_HOME, never sent anywhere)
+    and print the public key for the coordinator to enrol. Run again, it shows the same key."""
+    from fl_core.secagg import crypto
+    from infra.config import load_config
+    from infra.keystore import silo_identity
+    from infra.roster import parse_public_key
+    from infra.secagg_channel import pin_coordinator
+
+    federation = load_config(config)
+    federation.silo(silo)
+    state = _state()
+    key_path = state.silo(silo) / "identity" / "ed25519.pem"
+    _ignored_by_git(key_path)
+    existed = key_path.exists()
+    public = crypto.identity_public(silo_identity(state, silo))
+    card = state.silo(silo) / "identity" / f"{federation.federation}-{silo}.pub.json"
+    card.write_text(json.dumps({"federation": federation.federation, "silo": silo, "ed25519": crypto.b64(public),
+                                "fingerprint": crypto.fingerprint(public)}, indent=1))
+    if coordinator_key is not None:
+        pin_coordinator(state.silo(silo) / "trust", parse_public_key(coordinator_key))
+        out.print(f"pinned the coordinator's key {crypto.fingerprint(parse_public_key(coordinator_key))}")
+    out.print(f"{'identity of' if existed else 'new identity for'} silo {silo}: {key_path} (0600)", soft_wrap=True)
+    out.print(f"public key   {crypto.b64(public)}", soft_wrap=True)
+    out.print(f"fingerprint  {crypto.fingerprint(public)}")
+    out.print(f"send {card} to the coordinator, who runs:", soft_wrap=True)
+    out.print(f"  fedsilo silo add {config} --silo {silo} --key {crypto.b64(public)}", soft_wrap=True)
+
+
+def _roster_change(config: Path, change):
+    from infra.config import load_config
+    from infra.exchange import exchange_for
+
+    federation = load_config(config)
+    state = _state()
+    return federation, change(federation, state, exchange_for(federation, state))
+
+
+@silo_app.command("add")
+@user_errors
+def silo_add(
+    config: ConfigArg,
+    silo: SiloOpt,
+    key: Annotated[str, typer.Option(help="the silo's public key (base64) or the .pub.json file `silo init` wrote",
+                                     show_default=False)],
+    rekey: Annotated[bool, typer.Option(help="replace the key of a silo already enrolled")] = False,
+) -> None:
+    """On the coordinator's side: enrol a silo with its public key (from the next round on)."""
+    from fl_core.secagg import crypto
+    from infra.roster import enrol, parse_public_key
+
+    public = parse_public_key(key)
+    _, (roster, changed) = _roster_change(config, lambda f, st, ex: enrol(f, st, ex, silo, public, rekey=rekey))
+    verb = "enrolled" if changed else "already enrolled"
+    out.print(f"{verb}: {silo} with key {crypto.fingerprint(public)} on pool {roster.members[silo].pool} "
+              f"(roster v{roster.version}; from the next round)")
+
+
+@silo_app.command("remove")
+@user_errors
+def silo_remove(config: ConfigArg, silo: SiloOpt) -> None:
+    """On the coordinator's side: offboard a silo; from the next round it is not asked and its
+    messages are refused."""
+    from infra.roster import offboard
+
+    _, (roster, changed) = _roster_change(config, lambda f, st, ex: offboard(f, st, ex, silo))
+    out.print(f"{'offboarded' if changed else 'already offboarded'}: {silo} (roster v{roster.version}; from the next round)")
+
+
+@silo_app.command("list")
+@user_errors
+def silo_list(config: ConfigArg) -> None:
+    """The federation's roster: each configured silo, its pool, its key's fingerprint and status."""
+    import datetime
+
+    from infra.config import load_config
+    from infra.roster import RosterStore
+
+    federation = load_config(config)
+    roster = RosterStore(_state(), federation.federation).load()
+    table = Table(title=f"{federation.federation} roster v{roster.version}", box=None)
+    for column in ("silo", "pool", "fingerprint", "status", "since"):
+        table.add_column(column)
+    for silo in federation.silo_ids:
+        member = roster.members.get(silo)
+        if member is not None:
+            since = datetime.datetime.fromtimestamp(member.enrolled_at).strftime("%Y-%m-%d %H:%M")
+            table.add_row(silo, member.pool, member.fingerprint, "[green]enrolled[/]", since)
+        elif silo in roster.removed:
+            since = datetime.datetime.fromtimestamp(roster.removed[silo]).strftime("%Y-%m-%d %H:%M")
+            table.add_row(silo, federation.silo(silo).pool_name, "-", "[red]offboarded[/]", since)
+        else:
+            table.add_row(silo, federation.silo(silo).pool_name, "-", "[yellow]not enrolled[/]", "")
+    out.print(table)
+
+
+@silo_app.command("serve")
+@user_errors
+def silo_serve(
+    config: ConfigArg,
+    silo: SiloOpt,
+    poll: Annotated[float, typer.Option(help="seconds between looks for runs (new runs also arrive as events)",
+                                        min=0.05)] = 2.0,
+    max_runs: Annotated[int | None, typer.Option(help="stop after this many runs", min=1)] = None,
+) -> None:
+    """On the silo's side: run this silo's flow runs in this process (instead of a Prefect worker),
+    taking only their parameters from the server — the hardened runner."""
+    import signal
+
+    from infra.silo_runner import SiloRunner
+
+    _prefect_server("silo serve")
+    runner = SiloRunner(config, silo, poll_s=poll, on_run=lambda report: out.print(
+        f"{report.name}  {report.state.lower()}  {report.seconds:.2f} s"
+        + (f"  {report.message}" if report.state != "COMPLETED" and report.message else ""), soft_wrap=True))
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    out.print(f"silo {silo} serving {runner.deployment} (Ctrl-C to stop)")
+    handled = runner.serve(max_runs=max_runs)
+    out.print(f"stopped after {handled} run(s)")
 
 
 def _tool(name: str) -> str:

@@ -17,7 +17,8 @@ from prefect.utilities.annotations import quote
 
 from flows.silo import silo_flow
 from infra.config import load_config
-from infra.dispatch import Dispatcher, InProcessDispatcher, SiloCall, SiloOutcome
+from infra.dispatch import Dispatcher, InProcessDispatcher, SiloCall, SiloOutcome, Verified, sign_order
+from infra.keystore import coordinator_identity
 from infra.progress import reporter
 from infra.state import resolve_state_dir
 from tasks.coordinator import aggregate, assess, log_validations, plan_round, record_round
@@ -40,20 +41,29 @@ def phases_per_round(mode: str) -> int:
 
 
 class _Round:
-    """Wiring shared by both aggregation paths: dispatch a phase to some silos, time it."""
+    """Wiring shared by both aggregation paths: dispatch a phase to some silos with the coordinator's
+    signed order, verify their signed manifests against the round's roster, time it."""
 
-    def __init__(self, dispatcher: Dispatcher, config, config_path: str, round_number: int):
+    def __init__(self, dispatcher: Dispatcher, config, config_path: str, round_number: int, state):
         self.dispatcher, self.config, self.config_path, self.round_number = dispatcher, config, config_path, round_number
+        self.identity = coordinator_identity(state)
         self.timings: dict[str, float] = {}
+        self.plan = None
+
+    def start(self, plan) -> None:
+        """From here on the round's roster decides: who is dispatched to, whose signatures count."""
+        self.plan = plan
+        self.dispatcher = Verified(self.dispatcher, self.config.federation, plan.keys)
 
     def phase(self, phase: str, silos: list[str], refs: dict, timing: str) -> list[SiloOutcome]:
         reporter().phase_started(self.round_number, phase, silos)
+        order = sign_order(self.identity, self.config.federation, self.round_number, phase, silos, refs)
         calls = [
             SiloCall(
                 silo_id=silo,
                 parameters={
                     "federation": self.config.federation, "silo_id": silo, "round_number": self.round_number,
-                    "phase": phase, "refs": refs, "config_path": self.config_path,
+                    "phase": phase, "order": order, "config_path": self.config_path,
                 },
             )
             for silo in silos
@@ -69,16 +79,22 @@ class _Round:
         self.timings[timing] = time.perf_counter() - began
         return outcomes
 
+    def train(self) -> list[SiloOutcome]:
+        """The training phase for the roster's silos; the configured silos off the roster sit it out."""
+        plan = self.plan
+        trained = self.phase("train", list(plan.silos), {"global": plan.global_ref.to_dict()}, "train_phase_s")
+        return trained + [SiloOutcome(silo_id=s, manifest=None, error=why) for s, why in plan.absent.items()]
+
 
 def _trusted(run: _Round, config_q, state, plan, job_run_id: str):
-    trained = run.phase("train", run.config.silo_ids, {"global": plan.global_ref.to_dict()}, "train_phase_s")
+    trained = run.train()
     log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
     return aggregate(config_q, state, quote(plan), quote(trained))
 
 
 def _secure(run: _Round, config_q, state, plan, job_run_id: str):
     sr = secure_open(config_q, state, quote(plan), plan.n_parameters)
-    trained = run.phase("train", run.config.silo_ids, {"global": plan.global_ref.to_dict()}, "train_phase_s")
+    trained = run.train()
     log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
     sr = secure_keys(config_q, state, quote(sr), quote(trained))
     shared = run.phase("shares", sr.u1, {}, "secagg.shares_s")
@@ -97,20 +113,19 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
     started = time.time()
     config = load_config(config_path)
     state = resolve_state_dir()
-    run = _Round(make_dispatcher(config, state), config, config_path, round_number)
+    run = _Round(make_dispatcher(config, state), config, config_path, round_number, state)
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     config_q = quote(config)
-    settle = getattr(run.dispatcher, "settle", None)
-    if settle is not None:  # silo runs an interrupted coordinator left going must not write into this round
-        for name in settle():
-            reporter().note(f"ended flow run {name}, left by an interrupted round")
+    for name in run.dispatcher.settle():  # silo runs an interrupted coordinator left going must not write here
+        reporter().note(f"ended flow run {name}, left by an interrupted round")
     plan = plan_round(config_q, state, round_number)
+    run.start(plan)
     aggregated = AGGREGATION[config.aggregation.mode](run, config_q, state, plan, job_run_id)
 
     models = {"candidate": aggregated.global_ref.to_dict()}
     if plan.champion_ref is not None:
         models["champion"] = plan.champion_ref.to_dict()
-    evaluated = run.phase("evaluate", config.silo_ids, models, "evaluate_phase_s")
+    evaluated = run.phase("evaluate", list(plan.silos), models, "evaluate_phase_s")
     log_validations(config_q, state, job_run_id, round_number, "evaluate", quote(evaluated))
     assessment = assess(config_q, state, quote(plan), quote(evaluated))
 

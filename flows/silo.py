@@ -6,7 +6,9 @@ keeps the delta and advertises its round keys. Phases ``shares``, ``masked``, ``
 secure-aggregation protocol (no data is read). Phase ``evaluate``: load and validate -> score the
 candidate (and the champion) on its holdout. A silo whose data fails the contract sits the phase
 out and says why, row-free. The flow accepts plain parameters only and returns a small JSON
-manifest.
+manifest, signed with the silo's identity. Before acting it verifies the coordinator's signed order
+(the phase, the silos it is addressed to, the references of the models it names) with the
+coordinator's key this silo pinned; an order that fails is refused and nothing is done.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from infra.config import FederationConfig, load_config
 from infra.dispatch import silo_run_name as run_name
 from infra.exchange import exchange_for
 from infra.state import resolve_state_dir
-from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
+from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys, sign_manifest, verify_order
 
 Phase = Literal["train", "shares", "masked", "unmask", "evaluate"]
 PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_shares}
@@ -56,16 +58,17 @@ def silo_flow(
     silo_id: str,
     round_number: int,
     phase: Phase,
-    refs: dict[str, dict],
+    order: dict,
     config_path: str,
 ) -> dict:
     config = silo_config(config_path, federation, silo_id)
     state = resolve_state_dir()
-    manifest = _run_phase(config, state, federation, silo_id, round_number, phase, refs)
+    exchange = exchange_for(config, state)
+    refs = verify_order(exchange, state, silo_id, round_number, phase, order)
+    signed = sign_manifest(state, silo_id, _run_phase(config, state, federation, silo_id, round_number, phase, refs))
     if _own_deployment() is not None:  # a run on the silo's pool: the coordinator reads this from the exchange
-        exchange = exchange_for(config, state)
-        exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), manifest)
-    return manifest
+        exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), signed)
+    return signed
 
 
 def _run_phase(config: FederationConfig, state, federation: str, silo_id: str, round_number: int, phase: str,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,11 +255,12 @@ class FederationConfig(_Section):
     def silo_ids(self) -> list[str]:
         return [s.id for s in self.silos]
 
-    def buckets(self, round_number: int) -> list[tuple[str, ...]]:
-        """Bucketed mode: round `round_number`'s buckets, a shuffle seeded by the federation's seed and
-        the round, so that every silo can recompute (and check) what the coordinator announces."""
+    def buckets(self, round_number: int, silos: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+        """Bucketed mode: round `round_number`'s buckets of `silos` (the round's roster; default: every
+        configured silo), a shuffle seeded by the federation's seed and the round, so that every silo
+        can recompute (and check) what the coordinator announces."""
         rng = numpy_rng(derive_seed(self.seed, "buckets", round_number))
-        return robust.assign_buckets(self.silo_ids, self.aggregation.min_bucket, rng)
+        return robust.assign_buckets(list(self.silo_ids if silos is None else silos), self.aggregation.min_bucket, rng)
 
     def silo(self, silo_id: str) -> SiloConfig:
         for silo in self.silos:

@@ -7,10 +7,15 @@ Layout (see DESIGN.md, "Exchange layout"):
     federations/<federation>/rounds/<r>/evaluate/<silo>.json  a silo's evaluation report
     federations/<federation>/rounds/<r>/manifests/<phase>/<silo>.json  what a silo's flow returned
     federations/<federation>/rounds/<r>/round.json            the round record, written last (commit)
+    federations/<federation>/rounds/<r>/round.json.sig        the coordinator's signature of the record
 
 Vectors travel as Arrow IPC files with their binding (federation, round, silo, phase) in the
 schema metadata. Every object is addressed by an `ObjectRef` (key, sha256, size): whoever reads it
-checks the digest first, so a changed object is an `IntegrityError`, never silently used.
+checks the digest first, so a changed object is an `IntegrityError`, never silently used. The
+references themselves travel signed: in the coordinator's signed orders and round records, in the
+silos' signed manifests. A round record carries a detached signature (`put_signed_json`) over its
+digest and its binding (federation, round, "record"), so a record rewritten behind the
+coordinator's back — and with it the chain of global models — is refused when the job resumes.
 Objects are written once; only an uncommitted round (a crashed attempt) is cleared and redone.
 """
 
@@ -28,7 +33,8 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from fl_core.errors import ConfigError, ExchangeError, IntegrityError
+from fl_core.errors import BadSignature, ConfigError, ExchangeError, IntegrityError, StaleMessage, WrongSender
+from fl_core.secagg import crypto
 
 
 class ObjectStore(Protocol):
@@ -199,6 +205,32 @@ class Exchange:
             return json.loads(self.get_bytes(ref))
         except json.JSONDecodeError:
             raise IntegrityError(f"{ref.key}: not a JSON document") from None
+
+    def put_signed_json(self, key: str, payload: dict, identity, header: dict) -> ObjectRef:
+        """`payload` at `key`, with ``<key>.sig``: `identity`'s signature over `header` (the binding) and
+        the document's digest. The signature goes first: a document never stands unsigned."""
+        data = json.dumps(payload, sort_keys=True, allow_nan=True).encode()
+        envelope = crypto.seal(identity, header, {"key": key, "sha256": _digest(data)})
+        self.store.put(f"{key}.sig", envelope.to_json().encode())
+        return self.put_bytes(key, data)
+
+    def read_signed_json(self, key: str, public: bytes, header: dict) -> dict:
+        """The document at `key`, if its detached signature verifies with `public` and binds `header`."""
+        data = self.store.get(key)
+        try:
+            envelope = crypto.Envelope.from_json(self.store.get(f"{key}.sig"))
+            body = crypto.open_envelope(envelope, public, federation=header["federation"],
+                                        round_number=header["round"], phase=header["phase"], sender=header["sender"])
+        except ExchangeError:
+            raise IntegrityError(f"{key}: has no signature") from None
+        except (BadSignature, StaleMessage, WrongSender):
+            raise IntegrityError(f"{key}: its signature does not verify") from None
+        if body.get("key") != key or body.get("sha256") != _digest(data):
+            raise IntegrityError(f"{key}: content does not match its signed digest")
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
+            raise IntegrityError(f"{key}: not a JSON document") from None
 
     def read_json_key(self, key: str) -> dict:
         """Read a JSON object by key alone (for records the reader did not get a digest for)."""

@@ -1,7 +1,6 @@
 """Secure-aggregation messages in the exchange.
 
     federations/<f>/coordinator.json                       the coordinator's identity (public key)
-    federations/<f>/identities/<silo>.json                 each silo's identity (public key)
     federations/<f>/rounds/<r>/secagg/<name>.json          the coordinator's signed sets: plan, u1, u2, u3
     federations/<f>/rounds/<r>/secagg/<phase>/<silo>.json  a silo's signed message of a phase
     federations/<f>/rounds/<r>/secagg/masked/<silo>.arrow  a silo's masked vector (uint32, Arrow IPC)
@@ -12,9 +11,10 @@ one signed plan that lists the buckets. Every message of bucket k is bound to th
 ``<f>:bucket-<k>`` (`instance_name`) in place of the federation id — in its signed header, its key
 derivations and its share encryption — so nothing of one bucket can be replayed into another.
 
-Identities are published once and never replaced (the exchange refuses overwrites); each silo
-also pins the coordinator's key the first time it sees it and refuses a different one afterwards
-(trust on first use; explicit enrolment of silos comes with the federated mode).
+The silos' identity keys come from the coordinator's signed roster (`infra.roster`), never from
+the exchange. The coordinator's key is published once and never replaced (the exchange refuses
+overwrites); each silo pins it — given at `fedsilo silo init`, or the first time it sees it (trust
+on first use) — and refuses a different one afterwards.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from fl_core.errors import BadSignature, ExchangeError, StateError, WrongLength
+from fl_core.errors import BadSignature, ExchangeError, StateError
 from fl_core.secagg import crypto
 from infra.exchange import Exchange, ObjectRef
 
@@ -45,38 +45,27 @@ class SecAggChannel:
         self.bucket = bucket
         self.base = f"{exchange.round_prefix(round_number)}/secagg" + ("" if bucket is None else f"/bucket-{bucket}")
 
-    # -- identities ---------------------------------------------------------------------------------
-    def _identity_key(self, party: str) -> str:
-        if party == COORDINATOR:
-            return f"{self.exchange.prefix}/coordinator.json"
-        return f"{self.exchange.prefix}/identities/{party}.json"
+    # -- the coordinator's identity -----------------------------------------------------------------
+    @property
+    def _coordinator_key(self) -> str:
+        return f"{self.exchange.prefix}/coordinator.json"
 
-    def publish_identity(self, party: str, public: bytes) -> None:
-        """Publish `party`'s public key once; a later, different key is refused."""
-        key = self._identity_key(party)
-        if self.exchange.store.exists(key):
-            if self.identity(party) != public:
+    def publish_coordinator(self, public: bytes) -> None:
+        """Publish the coordinator's public key once; a later, different key is refused."""
+        if self.exchange.store.exists(self._coordinator_key):
+            if self.coordinator() != public:
                 raise StateError(
-                    f"{party}'s identity in the exchange differs from the key in its state folder; "
-                    "a party cannot be re-keyed silently"
+                    "the coordinator's identity in the exchange differs from the key in its state folder; "
+                    "a coordinator cannot be re-keyed silently"
                 )
             return
-        self.exchange.put_json(key, {"party": party, "ed25519": crypto.b64(public)})
+        self.exchange.put_json(self._coordinator_key, {"party": COORDINATOR, "ed25519": crypto.b64(public)})
 
-    def identity(self, party: str) -> bytes:
-        raw = self.exchange.read_json_key(self._identity_key(party))
-        if raw.get("party") != party:
+    def coordinator(self) -> bytes:
+        raw = self.exchange.read_json_key(self._coordinator_key)
+        if raw.get("party") != COORDINATOR:
             raise BadSignature("identity record rejected")
         return crypto.unb64(raw.get("ed25519", ""), 32)
-
-    def identities(self, parties: list[str]) -> dict[str, bytes]:
-        found = {}
-        for party in parties:
-            try:
-                found[party] = self.identity(party)
-            except (ExchangeError, WrongLength):
-                continue
-        return found
 
     # -- envelopes ----------------------------------------------------------------------------------
     def _message_key(self, phase: str, silo: str) -> str:
@@ -133,15 +122,26 @@ class SecAggChannel:
         )
 
 
+def pin_coordinator(trust_folder: Path, public: bytes) -> None:
+    """Record the coordinator's key a silo was given (at `fedsilo silo init`); a different pin is refused."""
+    pin = trust_folder / "coordinator.json"
+    if pin.exists():
+        if crypto.unb64(json.loads(pin.read_text())["ed25519"], 32) != public:
+            raise StateError(f"{pin} pins another coordinator key; remove it first to trust a new coordinator")
+        return
+    trust_folder.mkdir(parents=True, exist_ok=True)
+    pin.write_text(json.dumps({"ed25519": crypto.b64(public)}))
+
+
 def pinned_coordinator(channel: SecAggChannel, trust_folder: Path) -> bytes:
-    """The coordinator's public key as this silo first saw it; a changed key is refused."""
-    published = channel.identity(COORDINATOR)
+    """The coordinator's public key as this silo pinned it (given at `silo init`, or as it first saw
+    it in the exchange); a different key in the exchange is refused."""
+    published = channel.coordinator()
     pin = trust_folder / "coordinator.json"
     if pin.exists():
         pinned = crypto.unb64(json.loads(pin.read_text())["ed25519"], 32)
         if pinned != published:
-            raise StateError("the coordinator's identity changed since this silo first saw it; refusing its messages")
+            raise StateError("the coordinator's identity changed since this silo pinned it; refusing its messages")
         return pinned
-    trust_folder.mkdir(parents=True, exist_ok=True)
-    pin.write_text(json.dumps({"ed25519": crypto.b64(published)}))
+    pin_coordinator(trust_folder, published)
     return published

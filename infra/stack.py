@@ -12,6 +12,10 @@ if the pid still runs the command recorded for it (a pid reused by another progr
 
 The pools are created with the locked base job template of `infra.workpools.locked_template`.
 
+The Prefect server requires basic auth (``PREFECT_SERVER_API_AUTH_STRING``): a random string made at
+the first `up`, kept in ``stack.json`` (0600), handed to the workers and printed among the ``export``
+lines (``PREFECT_API_AUTH_STRING``) for the shell that runs the coordinator; the UI asks for it.
+
 `up` is idempotent: it starts what is not running and leaves what is. A failed start stops what this
 call started, so nothing is left half up.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +38,7 @@ from pathlib import Path
 
 from fl_core.errors import FedsiloError
 from infra.config import FederationConfig
+from infra.keystore import write_private
 from infra.state import StateDir
 from infra.workpools import COORDINATOR_POOL, ensure_pools
 
@@ -42,6 +48,16 @@ READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "fedsilo-local",
                "AWS_DEFAULT_REGION": "us-east-1"}  # moto accepts any; never real credentials
+
+
+# The stack's Prefect server keeps its database in SQLite, which serialises writes: with the task-run
+# recorder and the event persister on, every silo run's task states and events become writes that
+# lock out the coordinator's run creations (measured: 0.1 s per creation, 2.3 s when a runner's flow
+# was writing at the same time). Flow runs, their states and logs are kept; task runs and the event
+# history are not (the live event stream, which waits on runs, is unaffected). A production server on
+# PostgreSQL keeps both.
+SQLITE_SERVER = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+                 "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false"}
 
 
 class StackError(FedsiloError):
@@ -96,7 +112,9 @@ class Stack:
             raise StackError(f"{self.root} runs federation {layout.get('federation')!r}; stop it first "
                              "(fedsilo stack down) or use another FEDSILO_HOME")
         return {"federation": self.config.federation,
-                "ports": {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()}}
+                "ports": {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()},
+                # the Prefect API answers only requests that carry it (basic auth); stack.json is 0600
+                "auth": f"fedsilo:{secrets.token_urlsafe(24)}"}
 
     @staticmethod
     def addresses(layout: dict) -> dict[str, str]:
@@ -112,6 +130,7 @@ class Stack:
         urls = self.addresses(layout)
         return {
             "PREFECT_API_URL": f"{urls['prefect']}/api",
+            "PREFECT_API_AUTH_STRING": layout["auth"],
             "FEDSILO_TRACKING_URI": urls["mlflow"],
             "FEDSILO_EXCHANGE": f"s3://{BUCKET}/{self.config.federation}",
             "AWS_ENDPOINT_URL_S3": urls["s3"],
@@ -122,8 +141,9 @@ class Stack:
         ports, urls = layout["ports"], self.addresses(layout)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "MLFLOW_", "AWS_"))}
         quiet = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        prefect_env = {**base, **quiet, "PREFECT_HOME": str(self.root / "prefect"),
-                       "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports["prefect"])}
+        prefect_env = {**base, **quiet, **SQLITE_SERVER, "PREFECT_HOME": str(self.root / "prefect"),
+                       "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports["prefect"]),
+                       "PREFECT_SERVER_API_AUTH_STRING": layout["auth"]}
         bin_dir = Path(sys.executable).parent
         services = [
             Service("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port",
@@ -143,7 +163,7 @@ class Stack:
         # the coordinator's worker shares the state folder of whoever runs `fedsilo run` here: one coordinator
         # identity, one privacy ledger, whether a job starts from the command line or from the deployment
         for pool, home in [(COORDINATOR_POOL, self.state_root),
-                           *((s.pool_name, self.root / "silos" / s.id) for s in self.config.silos)]:
+                           *((s.pool_name, self.silo_state(s.id).root) for s in self.config.silos)]:
             services.append(Service(
                 f"worker-{pool}",
                 [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
@@ -199,7 +219,8 @@ class Stack:
     def _wait_ready(self, service: Service, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self._running(service.name):
-                raise StackError(f"{service.name} exited while starting; see {self.logs / (service.name + '.log')}")
+                log = self.logs / f"{service.name}.log"
+                raise StackError(f"{service.name} exited while starting; see {log}{_tail(log)}")
             if service.health is None:
                 return
             try:
@@ -240,7 +261,7 @@ class Stack:
             raise StackError("the S3 server needs moto: pip install 'moto[server]'") from None
         layout = self.layout()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.layout_file.write_text(json.dumps(layout, indent=1))
+        write_private(self.layout_file, json.dumps(layout, indent=1).encode())
         started: list[str] = []
         try:
             servers, workers = [], []
@@ -261,6 +282,8 @@ class Stack:
             self._bucket(layout)
             self._pools(layout)
             on_step(f"work pools: {COORDINATOR_POOL}, " + ", ".join(s.pool_name for s in self.config.silos))
+            roster = self._enrol(layout)
+            on_step(f"roster v{roster.version}: " + ", ".join(sorted(roster.members)))
             for service in workers:
                 if not self._running(service.name):
                     self._start(service)
@@ -297,23 +320,58 @@ class Stack:
 
     # -- provisioning ------------------------------------------------------------------------------
     def _bucket(self, layout: dict) -> None:
-        import boto3
         from botocore.exceptions import ClientError
 
-        s3 = boto3.client("s3", endpoint_url=self.addresses(layout)["s3"], region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        s3 = self._s3(layout)
         try:
             s3.create_bucket(Bucket=BUCKET)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise StackError(f"cannot create bucket {BUCKET}: {exc}") from None
 
+    def _enrol(self, layout: dict):
+        """The stack plays every party on one machine: each silo gets its identity in its own state
+        folder (as `fedsilo silo init` makes it there) and is enrolled in the coordinator's roster."""
+        from fl_core.secagg import crypto
+        from infra.exchange import Exchange
+        from infra.keystore import silo_identity
+        from infra.roster import enrol
+        from infra.s3_store import S3ObjectStore
+
+        store = S3ObjectStore(BUCKET, self.config.federation, client=self._s3(layout))
+        exchange = Exchange(store, self.config.federation)
+        roster = None
+        for silo in self.config.silo_ids:
+            public = crypto.identity_public(silo_identity(self.silo_state(silo), silo))
+            roster, _ = enrol(self.config, StateDir(root=self.state_root), exchange, silo, public)
+        return roster
+
+    def silo_state(self, silo: str) -> StateDir:
+        """The state folder of `silo`'s worker (its FEDSILO_HOME)."""
+        return StateDir(root=self.root / "silos" / silo)
+
+    def _s3(self, layout: dict):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.addresses(layout)["s3"], region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
     def _pools(self, layout: dict) -> None:
         """Create (or reset to the locked template) the coordinator's pool and one pool per silo."""
         from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.client_environment(layout)["PREFECT_API_URL"]}):
+        env = self.client_environment(layout)
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
             with get_client(sync_client=True) as client:
                 ensure_pools(client, self.config, reset=True)
+
+
+def _tail(log: Path, lines: int = 12) -> str:
+    """The last lines of a log, indented, for an error message (empty if there is nothing to show)."""
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ("\n  " + "\n  ".join(text)) if text else ""

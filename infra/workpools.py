@@ -10,8 +10,8 @@ owner made it. (A pool is still not a trust boundary — whoever may create depl
 pull steps — so the silo flow checks its parameters and the coordinator's signatures itself.)
 
 `WorkPoolDispatcher` follows the Prefect notes for a SQLite-backed server: it creates the phase's
-flow runs one at a time with ``run_deployment(timeout=0)`` (concurrent creations earn 503s), then
-waits for all of them together, event-driven (`wait_for_flow_run`), with one deadline for the
+flow runs one at a time (concurrent creations earn 503s; a 503 is retried after tens of
+milliseconds, not Prefect's 2 s back-off), then waits for all of them together, event-driven (`wait_for_flow_run`), with one deadline for the
 phase. A run that fails, crashes, is cancelled or misses the deadline (it is then cancelled) makes
 that silo an outcome without a manifest: dropped for the phase, with the reason, and secure
 aggregation recovers it. A completed run's manifest is read from the exchange, where the silo flow
@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ COORDINATOR_POOL = "fedsilo-coordinator"
 
 
 ENGINE_COMMAND = "python -m prefect.engine"
+CREATE_ATTEMPTS = 10
 
 
 def locked_template() -> dict:
@@ -98,14 +101,14 @@ def deploy(config: FederationConfig, config_path: Path, cron: str | None = None,
     """Create missing pools (locked) and (re)register the federation's deployments; returns their
     full names. The training deployment's optional `cron` schedule starts inactive only if the
     deployment is new; pause and resume it in the Prefect UI."""
-    from prefect import flow as load
+    from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.schedules import CronSchedule
 
     with get_client(sync_client=True) as client:
         ensure_pools(client, config)
     names = []
-    silo_source = load.from_source(source=str(REPO), entrypoint="flows/silo.py:silo_flow")
+    silo_source = flow.from_source(source=str(REPO), entrypoint="flows/silo.py:silo_flow")
     for silo in config.silos:
         name = silo_deployment(config.federation, silo.id)
         with quiet():
@@ -113,7 +116,7 @@ def deploy(config: FederationConfig, config_path: Path, cron: str | None = None,
                                print_next_steps=False, ignore_warnings=True,
                                description=f"silo {silo.id} of federation {config.federation}: one phase of one round")
         names.append(f"silo/{name}")
-    training = load.from_source(source=str(REPO), entrypoint="flows/training.py:training_flow")
+    training = flow.from_source(source=str(REPO), entrypoint="flows/training.py:training_flow")
     name = training_deployment(config.federation)
     with quiet():
         training.deploy(
@@ -126,6 +129,32 @@ def deploy(config: FederationConfig, config_path: Path, cron: str | None = None,
     return names
 
 
+async def _end_run(client, run, why: str) -> bool:
+    """End a silo's unfinished run: cancelled outright if no worker has claimed it (none would ever see
+    a request), else asked to cancel (its worker stops the process). True if it had started."""
+    from prefect.states import Cancelled, Cancelling
+
+    started = run.start_time is not None
+    await client.set_flow_run_state(run.id, (Cancelling if started else Cancelled)(message=why), force=True)
+    return started
+
+
+def missing_deployments(config: FederationConfig) -> list[str]:
+    """The federation's silo deployments the Prefect server does not have (`fedsilo deploy` makes them)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    missing = []
+    with get_client(sync_client=True) as client:
+        for silo in config.silos:
+            name = f"silo/{silo_deployment(config.federation, silo.id)}"
+            try:
+                client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                missing.append(name)
+    return missing
+
+
 class WorkPoolDispatcher:
     """Runs each silo's phase as a run of its deployment on its own pool (see the module docstring)."""
 
@@ -133,23 +162,23 @@ class WorkPoolDispatcher:
         self.config = config
         self.exchange = exchange
         self.timeout_s = config.dispatch.phase_timeout_s
+        self._deployments: dict[str, object] = {}  # silo -> its deployment's id, read once
 
     def run(self, calls: Sequence[SiloCall], on_done: Callable[[SiloOutcome], None] | None = None) -> list[SiloOutcome]:
-        from prefect.deployments import run_deployment
+        from prefect.client.orchestration import get_client
 
         outcomes: dict[str, SiloOutcome] = {}
         started: dict[str, tuple[object, float]] = {}
-        for call in calls:  # one at a time: a SQLite-backed server answers concurrent creations with 503s
-            began = time.perf_counter()
-            try:
-                run = run_deployment(
-                    name=f"silo/{silo_deployment(self.config.federation, call.silo_id)}", parameters=call.parameters,
-                    flow_run_name=silo_run_name(call.parameters), timeout=0,
-                )
-                started[call.silo_id] = (run.id, began)
-            except Exception as exc:  # no deployment, server refused: the silo cannot take part in this phase
-                outcomes[call.silo_id] = SiloOutcome(silo_id=call.silo_id, manifest=None,
-                                                     error=f"could not start its flow run: {describe_error(exc)}")
+        attempt = uuid.uuid4().hex  # idempotency keys of this dispatch: a retried creation makes no second run
+        with get_client(sync_client=True) as client:
+            for call in calls:  # one at a time: a SQLite-backed server answers concurrent creations with 503s
+                began = time.perf_counter()
+                try:
+                    run_id = self._create(client, call, f"{silo_run_name(call.parameters)}:{attempt}")
+                    started[call.silo_id] = (run_id, began)
+                except Exception as exc:  # no deployment, server refused: the silo cannot take part in this phase
+                    outcomes[call.silo_id] = SiloOutcome(silo_id=call.silo_id, manifest=None,
+                                                         error=f"could not start its flow run: {describe_error(exc)}")
         finished = asyncio.run(self._wait(started)) if started else {}
         for call in calls:
             if call.silo_id not in outcomes:
@@ -158,11 +187,41 @@ class WorkPoolDispatcher:
                 on_done(outcomes[call.silo_id])
         return [outcomes[call.silo_id] for call in calls]
 
+    def _deployment_id(self, client, silo: str):
+        if silo not in self._deployments:
+            self._deployments[silo] = client.read_deployment_by_name(f"silo/{silo_deployment(self.config.federation, silo)}").id
+        return self._deployments[silo]
+
+    def _create(self, client, call: SiloCall, idempotency_key: str):
+        """Create the silo's flow run (``POST /deployments/{id}/create_flow_run``, as Prefect's client
+        does). A 503 — SQLite busy: another writer got in between the server's read and its write — is
+        retried here after tens of milliseconds; Prefect's client sleeps 2 s, then 4 s, before any retry
+        (even with retries off), and on a busy one-machine server those sleeps were most of a phase."""
+        import httpx
+        from prefect.client.schemas.actions import DeploymentFlowRunCreate
+        from prefect.states import Scheduled, to_state_create
+
+        payload = DeploymentFlowRunCreate(
+            parameters=call.parameters, name=silo_run_name(call.parameters), idempotency_key=idempotency_key,
+            tags=["fedsilo", f"silo:{call.silo_id}"], state=to_state_create(Scheduled()),
+        ).model_dump(mode="json", exclude_unset=True)
+        http = client._client  # the client's configured httpx session (base URL, auth); sent without its retry loop
+        request = http.build_request("POST", f"/deployments/{self._deployment_id(client, call.silo_id)}/create_flow_run",
+                                     json=payload)
+        delay = 0.05
+        for _ in range(CREATE_ATTEMPTS):
+            response = httpx.Client.send(http, request)
+            if response.status_code != 503:
+                break
+            time.sleep(delay * (1 + random.random()))
+            delay = min(2 * delay, 1.0)
+        response.raise_for_status()
+        return response.json()["id"]
+
     async def _wait(self, started: dict[str, tuple[object, float]]) -> dict[str, tuple[object | None, str | None, float]]:
         from prefect.client.orchestration import get_client
         from prefect.exceptions import FlowRunWaitTimeout
         from prefect.flow_runs import wait_for_flow_run
-        from prefect.states import Cancelled, Cancelling
 
         deadline = time.monotonic() + self.timeout_s
 
@@ -172,10 +231,7 @@ class WorkPoolDispatcher:
                     run = await wait_for_flow_run(run_id, timeout=max(1, int(deadline - time.monotonic())), client=client)
                     return silo, (run, None, time.perf_counter() - began)
                 except FlowRunWaitTimeout:
-                    late = await client.read_flow_run(run_id)
-                    # unclaimed: no worker will ever see a cancellation request, so end it here
-                    ending = Cancelled if late.start_time is None else Cancelling
-                    await client.set_flow_run_state(run_id, ending(message="phase timeout"), force=True)
+                    await _end_run(client, await client.read_flow_run(run_id), "phase timeout")
                     return silo, (None, f"timed out after {self.timeout_s:g} s (its run was cancelled)",
                                   time.perf_counter() - began)
 
@@ -201,7 +257,6 @@ class WorkPoolDispatcher:
         from prefect.client.schemas.objects import StateType
         from prefect.exceptions import FlowRunWaitTimeout
         from prefect.flow_runs import wait_for_flow_run
-        from prefect.states import Cancelled, Cancelling
 
         names = [silo_deployment(self.config.federation, s.id) for s in self.config.silos]
         unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
@@ -210,13 +265,7 @@ class WorkPoolDispatcher:
                 deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished))),
             )
-            started = []
-            for run in runs:
-                if run.start_time is None:  # never claimed: nothing runs it, end it now
-                    await client.set_flow_run_state(run.id, Cancelled(message="left by an interrupted round"), force=True)
-                else:
-                    await client.set_flow_run_state(run.id, Cancelling(message="left by an interrupted round"), force=True)
-                    started.append(run)
+            started = [run for run in runs if await _end_run(client, run, "left by an interrupted round")]
             deadline = time.monotonic() + grace_s
             for run in started:
                 with contextlib.suppress(FlowRunWaitTimeout):

@@ -10,6 +10,14 @@ def binding(federation: str, round_number: int, phase: str, silo: str = "coordin
     return {"federation": federation, "round": round_number, "phase": phase, "silo": silo, **extra}
 
 
+COORDINATOR = "coordinator"
+
+
+def record_header(federation: str, round_number: int) -> dict:
+    """What the coordinator's signature of round `round_number`'s record binds."""
+    return {"federation": federation, "round": round_number, "phase": "record", "sender": COORDINATOR}
+
+
 def model_card(contract: DataContract, model_spec, federation: str, round_number: int) -> dict:
     """The registered model's description of itself: contract, model architecture, provenance."""
     from dataclasses import asdict

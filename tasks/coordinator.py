@@ -23,15 +23,18 @@ from fl_core.models import build_model
 from fl_core.params import count, flatten
 from fl_core.preprocess import FeatureEncoder
 from fl_core.quorum import require_quorum
+from fl_core.secagg import crypto
 from fl_core.seeding import derive_seed
 from infra.config import FederationConfig
 from infra.dispatch import SiloOutcome
 from infra.exchange import ObjectRef, exchange_for
+from infra.keystore import coordinator_identity
 from infra.progress import reporter
 from infra.provenance import code_version
+from infra.roster import RosterStore, enrol_local, publish_coordinator
 from infra.state import StateDir
 from infra.tracking import CANDIDATE, CHAMPION, TAG, tracker_for
-from tasks.common import binding, model_card
+from tasks.common import binding, model_card, record_header
 from tasks.privacy import SiloLevel, charge, refuse_if_over
 from validation.summary import ValidationSummary
 
@@ -54,6 +57,11 @@ class RoundPlan:
     champion_round: int | None
     champion_ref: ObjectRef | None
     anomaly_streaks: dict[str, int] = field(default_factory=dict)  # consecutive flagged rounds, from round r - 1
+    # the roster as the round took it: who is dispatched to, with which keys, and who is left out (and why)
+    silos: tuple[str, ...] = ()
+    absent: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    roster_version: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,18 +122,20 @@ def start_job(config: FederationConfig, state: StateDir, rounds: int | None) -> 
     model = _initial_model(config)
     n_parameters = count(model)
     committed = exchange.committed_rounds()
+    identity = coordinator_identity(state)
     if not committed:
         exchange.clear_uncommitted(0)
         ref = exchange.put_vector(exchange.global_key(0), flatten(model), binding(config.federation, 0, "global"))
-        exchange.put_json(
+        exchange.put_signed_json(
             exchange.record_key(0),
             {"federation": config.federation, "round": 0, "kind": "initial", "global": ref.to_dict(),
              "config_hash": config.config_hash()},
+            identity, record_header(config.federation, 0),
         )
         last = 0
     else:
         last = committed[-1]
-        record = exchange.read_json_key(exchange.record_key(last))
+        record = read_record(config, state, exchange, last)
         vector = exchange.get_vector(ObjectRef.from_dict(record["global"]))
         if vector.shape[0] != n_parameters:
             raise StateError(
@@ -179,12 +189,20 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
     level = SiloLevel.of(config, n_parameters)
     if level is not None:  # the federation's budget: refuse before any silo trains
         refuse_if_over(config, state, level, round_number)
-    previous = exchange.read_json_key(exchange.record_key(round_number - 1))
+    previous = read_record(config, state, exchange, round_number - 1)
+    roster = (enrol_local(config, state, exchange) if config.dispatch.mode == "in_process"
+              else RosterStore(state, config.federation).load())
+    publish_coordinator(exchange, coordinator_identity(state))
+    silos, absent = roster.participants(config)
+    for silo, why in absent.items():
+        reporter().note(f"round {round_number}: {silo} sits out: {why}")
     champion = tracker.version_by_alias(CHAMPION)
     champion_ref = None
     if champion is not None and champion.round >= 0:
         try:
-            champion_ref = ObjectRef.from_dict(exchange.read_json_key(exchange.record_key(champion.round))["global"])
+            champion_ref = ObjectRef.from_dict(read_record(config, state, exchange, champion.round)["global"])
+        except IntegrityError:
+            raise
         except ExchangeError:
             reporter().note(f"champion v{champion.version} (round {champion.round}) is not in this exchange; "
                             "the gate skips the regression check")
@@ -197,7 +215,18 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
         champion_round=champion.round if champion else None,
         champion_ref=champion_ref,
         anomaly_streaks=(previous.get("anomaly") or {}).get("streaks", {}),
+        silos=tuple(silos),
+        absent=absent,
+        keys={s: roster.members[s].public for s in silos},
+        roster_version=roster.version,
     )
+
+
+def read_record(config: FederationConfig, state: StateDir, exchange, round_number: int) -> dict:
+    """Round `round_number`'s record, verified against the coordinator's signature."""
+    public = crypto.identity_public(coordinator_identity(state))
+    return exchange.read_signed_json(exchange.record_key(round_number), public,
+                                     record_header(config.federation, round_number))
 
 
 def privacy_spent(manifests: dict[str, dict]) -> dict[str, dict]:
@@ -462,6 +491,7 @@ def _lineage_tags(
         f"{TAG}parent_version": plan.parent_version or "none",
         f"{TAG}silos_in": ",".join(training.silos_in),
         f"{TAG}silos_out": json.dumps(training.out, sort_keys=True) if training.out else "none",
+        f"{TAG}roster_version": str(plan.roster_version),
         f"{TAG}config_hash": config.config_hash(),
         f"{TAG}contract_hash": config.contract.contract_hash(),
         f"{TAG}code_version": code_version(),
@@ -535,6 +565,7 @@ def record_round(
         "global": aggregated.global_ref.to_dict(),
         "parent_round": r - 1,
         "parent_version": plan.parent_version,
+        "roster_version": plan.roster_version,
         "silos_in": training.silos_in,
         "silos_out": training.out,
         "evaluated": assessment.evaluation.silos_in,
@@ -588,7 +619,8 @@ def record_round(
         tracker.end_run(round_run, "FAILED")
         raise
     tracker.end_run(round_run, "FINISHED")
-    exchange.put_json(exchange.record_key(r), record)
+    exchange.put_signed_json(exchange.record_key(r), record, coordinator_identity(state),
+                             record_header(config.federation, r))
     return record
 
 

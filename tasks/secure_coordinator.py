@@ -66,6 +66,7 @@ class SecureRound:
     round_number: int
     length: int
     buckets: tuple[Bucket, ...]  # the instances still running
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # the roster's identity keys
     train: dict[str, dict] = field(default_factory=dict)  # train manifests of the participants
     validations: dict[str, dict] = field(default_factory=dict)
     out: dict[str, str] = field(default_factory=dict)  # silo -> why it is not in the sum
@@ -158,26 +159,25 @@ def _quorum(config: FederationConfig, sr: SecureRound, silos: list[str], phase: 
 
 @task(name="secure-open", cache_policy=NONE, persist_result=False)
 def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan, n_parameters: int) -> SecureRound:
-    """Publish the coordinator's identity and the round's signed plan: roster and threshold, or the
-    buckets with theirs; vector length; clipping and quantisation; silo-level DP."""
+    """Publish the round's signed plan: the roster's silos and threshold, or the buckets with theirs;
+    vector length; clipping and quantisation; silo-level DP."""
     spec, r = config.aggregation.secure, plan.round_number
-    whole = RoundContext(federation=config.federation, round_number=r, roster=tuple(config.silo_ids),
-                         threshold=spec.threshold_for(len(config.silo_ids)))
+    require_quorum(list(plan.silos), plan.absent, config.aggregation.min_silos, f"round {r} roster")
+    whole = RoundContext(federation=config.federation, round_number=r, roster=tuple(plan.silos),
+                         threshold=spec.threshold_for(len(plan.silos)))
     body: dict = {"roster": list(whole.roster)}
     if config.aggregation.mode == "bucketed":
         buckets = tuple(
             Bucket(index=k, ctx=RoundContext(federation=instance_name(config.federation, k), round_number=r,
                                              roster=members, threshold=spec.threshold_for(len(members))))
-            for k, members in enumerate(config.buckets(r))
+            for k, members in enumerate(config.buckets(r, plan.silos))
         )
         body["buckets"] = [{"silos": list(b.ctx.roster), "threshold": b.ctx.threshold} for b in buckets]
         get_run_logger().info("round %d buckets: %s", r, "; ".join(f"{b.name} {','.join(b.ctx.roster)}" for b in buckets))
     else:
         buckets = (Bucket(index=None, ctx=whole),)
         body["threshold"] = whole.threshold
-    sr = SecureRound(round_number=r, length=n_parameters + 1, buckets=buckets)
-    channel = SecAggChannel(exchange_for(config, state), r)
-    channel.publish_identity(COORDINATOR, crypto.identity_public(coordinator_identity(state)))
+    sr = SecureRound(round_number=r, length=n_parameters + 1, buckets=buckets, keys=plan.keys)
     body.update({"length": sr.length, "clip_norm": spec.clip_norm, "bits": spec.bits})
     level = SiloLevel.of(config, n_parameters)
     if level is not None:
@@ -196,7 +196,7 @@ def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outc
                  bytes={s: int(m.get("bytes", 0)) for s, m in got.manifests.items()})
     require_quorum(got.silos_in, sr.out, config.aggregation.min_silos, f"round {r} training")
     exchange = exchange_for(config, state)
-    identities = SecAggChannel(exchange, r).identities(got.silos_in)
+    identities = {s: sr.keys[s] for s in got.silos_in if s in sr.keys}
 
     def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
         present = [s for s in got.silos_in if s in bucket.ctx.roster]

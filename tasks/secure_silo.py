@@ -21,7 +21,8 @@ from fl_core.secagg.client import RoundContext
 from fl_core.secagg.weighting import contribution
 from fl_core.seeding import derive_seed, numpy_rng
 from infra.config import FederationConfig
-from infra.exchange import exchange_for
+from infra.dispatch import open_order, seal_manifest
+from infra.exchange import Exchange, exchange_for
 from infra.keystore import RoundSecrets, silo_identity
 from infra.secagg_channel import SecAggChannel, instance_name, pinned_coordinator
 from infra.state import StateDir
@@ -38,7 +39,7 @@ class _Session:
         self.config, self.silo, self.round_number = config, silo_id, round_number
         exchange = exchange_for(config, state)
         self.channel = SecAggChannel(exchange, round_number)
-        self.coordinator = pinned_coordinator(self.channel, state.silo(silo_id) / "trust")
+        self.coordinator = coordinator_key(exchange, state, silo_id)
         plan = self.channel.read_set("plan", self.coordinator, config.federation)
         spec = config.aggregation.secure
         if (float(plan["clip_norm"]), int(plan["bits"])) != (spec.clip_norm, spec.bits):
@@ -53,8 +54,11 @@ class _Session:
         if plan.get("privacy") != mine:
             raise ConfigError(f"the coordinator's plan has silo-level DP {plan.get('privacy')}, this silo's config {mine}")
         bucket, roster, threshold = None, tuple(plan["roster"]), plan.get("threshold")
+        if silo_id not in roster:
+            raise WrongSender(f"the coordinator's plan for round {round_number} does not list {silo_id}")
         if config.aggregation.mode == "bucketed" or "buckets" in plan:
-            expected = [{"silos": list(b), "threshold": spec.threshold_for(len(b))} for b in config.buckets(round_number)]
+            expected = [{"silos": list(b), "threshold": spec.threshold_for(len(b))}
+                        for b in config.buckets(round_number, roster)]
             if config.aggregation.mode != "bucketed" or plan.get("buckets") != expected:
                 raise ConfigError(
                     f"the coordinator's buckets for round {round_number} ({plan.get('buckets')}) differ from the seeded "
@@ -81,6 +85,22 @@ class _Session:
         return u1, identities
 
 
+def coordinator_key(exchange: Exchange, state: StateDir, silo_id: str) -> bytes:
+    """The coordinator's public key as this silo pinned it (at `fedsilo silo init`, or on first sight)."""
+    return pinned_coordinator(SecAggChannel(exchange, 0), state.silo(silo_id) / "trust")
+
+
+def verify_order(exchange: Exchange, state: StateDir, silo_id: str, round_number: int, phase: str,
+                 order: dict) -> dict:
+    """The references of the coordinator's order, once its signature and binding check out."""
+    return open_order(order, coordinator_key(exchange, state, silo_id), exchange.federation, round_number, phase,
+                      silo_id)
+
+
+def sign_manifest(state: StateDir, silo_id: str, manifest: dict) -> dict:
+    return seal_manifest(silo_identity(state, silo_id), manifest)
+
+
 def _manifest(refs, began: float, **extra) -> dict:
     return {"objects": [r.to_dict() for r in refs], "bytes": sum(r.size for r in refs),
             "crypto_s": time.perf_counter() - began, **extra}
@@ -90,7 +110,6 @@ def _manifest(refs, began: float, **extra) -> dict:
 def advertise_keys(config: FederationConfig, silo_id: str, round_number: int, state: StateDir) -> dict:
     began = time.perf_counter()
     session = _Session(config, silo_id, round_number, state)
-    session.channel.publish_identity(silo_id, crypto.identity_public(session.identity))
     client_state, envelope = client.advertise(session.ctx, silo_id, session.identity)
     session.secrets.save_state(client_state)
     return _manifest([session.channel.publish(client.KEYS, silo_id, envelope)], began)

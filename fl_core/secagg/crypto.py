@@ -56,6 +56,8 @@ def unb64(text: str, expected: int | None = None) -> bytes:
         data = base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, AttributeError, UnicodeEncodeError):
         raise WrongLength("a field is not valid base64") from None
+    if base64.b64encode(data).decode("ascii") != text:  # one encoding per value: no malleable padding bits
+        raise WrongLength("a field is not canonical base64")
     if expected is not None and len(data) != expected:
         raise WrongLength(f"a field has {len(data)} bytes, expected {expected}")
     return data
@@ -141,6 +143,13 @@ def identity_public(identity: Ed25519PrivateKey) -> bytes:
     return identity.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
 
 
+def fingerprint(public: bytes) -> str:
+    """A short, readable name for a public key (the first 80 bits of its SHA-256), for people to
+    compare over a second channel when a silo enrols: ``3f2a:91c0:...``."""
+    digest = hashlib.sha256(b"fedsilo/key/v1" + public).hexdigest()[:20]
+    return ":".join(digest[i:i + 4] for i in range(0, 20, 4))
+
+
 def vector_digest(vector: np.ndarray) -> str:
     """SHA-256 of a vector's little-endian bytes, with its dtype and length bound in."""
     data = np.ascontiguousarray(vector)
@@ -148,6 +157,9 @@ def vector_digest(vector: np.ndarray) -> str:
         data = data.byteswap().view(data.dtype.newbyteorder("<"))
     head = bind("fedsilo/vector/v1", data.dtype.str.lstrip("<>|="), len(data))
     return hashlib.sha256(head + data.tobytes()).hexdigest()
+
+
+FIELDS = frozenset({"header", "body", "vector_sha256", "signature"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,23 +181,32 @@ class Envelope:
         )
         return b"fedsilo/envelope/v1\n" + canonical.encode()
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"header": self.header, "body": self.body, "vector_sha256": self.vector_sha256,
+                "signature": b64(self.signature)}
+
     def to_json(self) -> str:
-        return json.dumps(
-            {"header": self.header, "body": self.body, "vector_sha256": self.vector_sha256,
-             "signature": b64(self.signature)},
-            sort_keys=True,
-        )
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Envelope:
+        if not isinstance(raw, dict) or set(raw) != FIELDS:  # exactly the fields `to_dict` writes
+            raise BadSignature("message rejected")
+        try:
+            return cls(
+                header=dict(raw["header"]), body=dict(raw["body"]), vector_sha256=raw.get("vector_sha256"),
+                signature=unb64(raw["signature"], 64),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, WrongLength):
+            raise BadSignature("message rejected") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:
         try:
             raw = json.loads(text)
-            return cls(
-                header=dict(raw["header"]), body=dict(raw["body"]), vector_sha256=raw.get("vector_sha256"),
-                signature=unb64(raw["signature"], 64),
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError, WrongLength, RecursionError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise BadSignature("message rejected") from None
+        return cls.from_dict(raw)
 
 
 def seal(identity: Ed25519PrivateKey, header: dict[str, Any], body: dict[str, Any], vector: np.ndarray | None = None) -> Envelope:
@@ -194,6 +215,15 @@ def seal(identity: Ed25519PrivateKey, header: dict[str, Any], body: dict[str, An
         header=unsigned.header, body=unsigned.body, vector_sha256=unsigned.vector_sha256,
         signature=identity.sign(unsigned.signed_bytes()),
     )
+
+
+def verify_signature(envelope: Envelope, public_key: bytes) -> None:
+    """`envelope` carries `public_key`'s signature over its header, body and vector digest; else
+    `BadSignature` (opaque). Checks nothing about what the header says: `open_envelope` does."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(envelope.signature, envelope.signed_bytes())
+    except (InvalidSignature, ValueError, TypeError):
+        raise BadSignature("message rejected") from None
 
 
 def open_envelope(
@@ -219,10 +249,7 @@ def open_envelope(
             f"message from {sender} is bound to ({header.get('federation')}, round {header.get('round')}, "
             f"{header.get('phase')}), expected ({federation}, round {round_number}, {phase})"
         )
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(envelope.signature, envelope.signed_bytes())
-    except (InvalidSignature, ValueError):
-        raise BadSignature("message rejected") from None
+    verify_signature(envelope, public_key)
     if (vector is None) != (envelope.vector_sha256 is None):
         raise BadSignature("message rejected") from None
     if vector is not None and vector_digest(vector) != envelope.vector_sha256:

@@ -1,22 +1,25 @@
 """The federated mode end to end, with real processes on 127.0.0.1: `fedsilo stack up` (Prefect
-server, a process worker per silo pool, an S3 server, an MLflow server), `fedsilo deploy`, and
-`fedsilo run` with every silo phase running as a flow run of that silo's deployment on its own pool
-and every artifact going through the bucket. Read back through the Prefect client (flow runs by
-name, per silo), boto3 (the objects) and MlflowClient (runs, versions, aliases). Then a silo's
-worker is killed: its runs are never picked up, the phase times out, and the round completes
-without it, saying which silo dropped and why. A coordinator killed in the middle of a round is
-started again, by `fedsilo trigger` running the training deployment on the coordinator's pool
-(which sends each silo's phases to the silo's pool): the round is redone from scratch (the first
-attempt's silo runs ended, its objects cleared), registered once, and equals FedAvg from the
-previous round.
+server, a process worker per silo pool, an S3 server, an MLflow server, each silo enrolled with the
+identity made in its own state folder), `fedsilo deploy`, and `fedsilo run` with every silo phase
+running as a flow run of that silo's deployment on its own pool and every artifact going through the
+bucket. Read back through the Prefect client (flow runs by name, per silo), boto3 (the objects) and
+MlflowClient (runs, versions, aliases). In the middle of that job a silo's worker is killed: its
+runs are never picked up, the phase times out, and the round completes without it, saying which
+silo dropped and why. Then the silos swap their workers for `fedsilo silo serve`, the hardened
+runner, which runs their phases in its own process and refuses a run naming another silo. A
+coordinator killed in the middle of a round is started again, by `fedsilo trigger` running the
+training deployment on the coordinator's pool (which sends each silo's phases to the silo's
+deployment): the round is redone from scratch (the first attempt's silo runs ended, its objects
+cleared), registered once, and equals FedAvg from the previous round.
 Last, an object tampered with in the bucket stops the next round with nothing registered, from the
 command line and from the deployment alike."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -35,11 +38,9 @@ def federated(tmp_path_factory):
     root = tmp_path_factory.mktemp("federated")
     config = write_synthetic_federation(root / "fed", n_silos=3, rows=120)
     raw = yaml.safe_load(config.read_text())
-    # generous: on 2 cores shared by three servers and four workers a phase has taken over 45 s
-    raw["dispatch"] = {"mode": "work_pools", "phase_timeout_s": 120}
+    # what a round waits for a silo whose worker was killed; a phase of live workers takes 10-15 s here
+    raw["dispatch"] = {"mode": "work_pools", "phase_timeout_s": 60}
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    raw["dispatch"]["phase_timeout_s"] = 60  # for the killed worker: what the round waits for it
-    config.with_name("short-timeout.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     home = root / "state"
     cli(home, "stack", "up", str(config))
     env = {}
@@ -47,9 +48,14 @@ def federated(tmp_path_factory):
         if line.strip().startswith("export "):
             key, value = line.strip().removeprefix("export ").split("=", 1)
             env[key] = value
+    runners: dict[str, subprocess.Popen] = {}
     try:
-        yield {"home": home, "config": config, "env": env}
+        yield {"home": home, "config": config, "env": env, "runners": runners}
     finally:
+        for runner in runners.values():  # by the process groups this module started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
         cli(home, "stack", "down", str(config), check=False)
         for record in recorded(home).values():
             try:
@@ -60,11 +66,13 @@ def federated(tmp_path_factory):
 
 def prefect(federated):
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     class Session:
         def __enter__(self):
-            self.settings = temporary_settings({PREFECT_API_URL: federated["env"]["PREFECT_API_URL"]})
+            env = federated["env"]
+            self.settings = temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"],
+                                                PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]})
             self.settings.__enter__()
             self.client = get_client(sync_client=True).__enter__()
             return self.client
@@ -84,12 +92,24 @@ def s3(federated):
                         aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
 
 
+def exchange(federated):
+    """The federation's exchange over the bucket, as the coordinator reads it (digests checked)."""
+    from infra.exchange import Exchange
+    from infra.s3_store import S3ObjectStore
+
+    return Exchange(S3ObjectStore("fedsilo", "synth", client=s3(federated)), "synth")
+
+
 def record(federated, r: int) -> dict:
-    body = s3(federated).get_object(Bucket="fedsilo", Key=f"synth/federations/synth/rounds/{r}/round.json")["Body"]
-    return json.loads(body.read())
+    ex = exchange(federated)
+    return ex.read_json_key(ex.record_key(r))
 
 
 def test_deploy_registers_one_silo_deployment_per_pool_and_is_idempotent(federated):
+    early = cli(federated["home"], "run", str(federated["config"]), "--no-progress", env=federated["env"], check=False)
+    assert early.returncode == 1 and "no deployment silo/synth-s0, silo/synth-s1, silo/synth-s2" in early.stderr
+    assert "Traceback" not in early.stderr
+    assert committed(federated) == [] and not exchange(federated).store.list("federations/synth/rounds")
     first = cli(federated["home"], "deploy", str(federated["config"]), env=federated["env"])
     assert "deployment silo/synth-s0" in first.stdout and "deployment training/synth-training" in first.stdout
     with prefect(federated) as client:
@@ -104,35 +124,59 @@ def test_deploy_registers_one_silo_deployment_per_pool_and_is_idempotent(federat
     assert pools == ["fedsilo-coordinator", "silo-s0", "silo-s1", "silo-s2"]
 
 
-def test_a_multi_round_job_runs_every_silo_phase_on_its_own_pool(federated):
+def test_a_multi_round_job_runs_every_silo_phase_on_its_own_pool_and_survives_a_killed_worker(federated):
+    """Two rounds through the process workers. Once round 1 is committed, silo s2's worker is killed:
+    its run of round 2 is never picked up, the phase times out, its run is cancelled, and round 2
+    completes without s2, saying which silo dropped and why."""
+    from stack_helpers import FEDSILO
+
+    home = federated["home"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_"))}
     began = time.perf_counter()
-    run = cli(federated["home"], "run", str(federated["config"]), "--rounds", "2", "--no-progress",
-              env=federated["env"], timeout=900)
+    job = subprocess.Popen([FEDSILO, "run", str(federated["config"]), "--rounds", "2", "--no-progress"],
+                           env={**base, "FEDSILO_HOME": str(home), "COLUMNS": "200", **federated["env"]},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    worker = recorded(home)["worker-silo-s2"]
+    try:
+        while 1 not in committed(federated):
+            assert job.poll() is None and time.perf_counter() - began < 600, "round 1 never committed"
+            time.sleep(0.2)
+        os.killpg(worker["pgid"], signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
     took = time.perf_counter() - began
-    assert "candidate v2" in run.stdout, run.stdout + run.stderr
+    assert job.returncode == 0 and "candidate v2" in stdout, stdout + stderr
+    assert not alive(worker["pid"])
 
     with prefect(federated) as client:
         runs = {r.name: r for r in client.read_flow_runs(limit=200)}
         deployments = {d.id: d.name for d in client.read_deployments()}
-    for r in (1, 2):
-        for silo in SILOS:
+    for r, silos in ((1, SILOS), (2, ["s0", "s1"])):
+        for silo in silos:
             for phase in PHASES:
                 name = f"synth/r{r:03d}/{silo}{phase}"
                 assert name in runs, f"no flow run {name}"
                 assert runs[name].state.is_completed()
                 assert runs[name].work_pool_name == f"silo-{silo}"
                 assert deployments[runs[name].deployment_id] == f"synth-{silo}"
+    late = {x.name: x.state.type.value for x in runs.values() if x.name.startswith("synth/r002/s2")}
+    assert {"CANCELLED", "CANCELLING"} & set(late.values()), late  # the run it missed was cancelled ...
+    assert not {"SCHEDULED", "PENDING", "RUNNING"} & set(late.values()), late  # ... none is left to run later
 
     bucket = s3(federated)
     keys = {o["Key"] for page in bucket.get_paginator("list_objects_v2").paginate(Bucket="fedsilo", Prefix="synth/")
             for o in page.get("Contents", [])}
-    for r in (1, 2):
+    for r, silos in ((1, SILOS), (2, ["s0", "s1"])):
         prefix = f"synth/federations/synth/rounds/{r}"
         assert {f"{prefix}/global.arrow", f"{prefix}/round.json", f"{prefix}/secagg/plan.json"} <= keys
-        assert {f"{prefix}/secagg/masked/{s}.arrow" for s in SILOS} <= keys
-        assert {f"{prefix}/manifests/evaluate/{s}.json" for s in SILOS} <= keys
-        assert record(federated, r)["silos_in"] == SILOS
-    assert not any((federated["home"] / "exchange").rglob("*.arrow"))  # nothing in the local folder
+        assert {f"{prefix}/secagg/masked/{s}.arrow" for s in silos} <= keys
+        assert {f"{prefix}/manifests/evaluate/{s}.json" for s in silos} <= keys
+        assert record(federated, r)["silos_in"] == silos
+    assert not any((home / "exchange").rglob("*.arrow"))  # nothing in the local folder
+    second = record(federated, 2)
+    assert "timed out after 60 s" in second["silos_out"]["s2"]
 
     from mlflow import MlflowClient
 
@@ -140,51 +184,64 @@ def test_a_multi_round_job_runs_every_silo_phase_on_its_own_pool(federated):
     versions = {int(v.version): v for v in mlflow.search_model_versions("name = 'synth'")}
     assert sorted(versions) == [1, 2]
     assert versions[2].tags["fedsilo.round"] == "2" and versions[2].tags["fedsilo.parent_version"] == "1"
+    assert "s2" in versions[2].tags["fedsilo.silos_out"] and "timed out" in versions[2].tags["fedsilo.silos_out"]
     assert mlflow.get_registered_model("synth").aliases["candidate"] == "2"
-    round_run = mlflow.get_run(versions[2].run_id)
-    assert round_run.data.metrics["silos.in"] == 3.0
-    print(f"2 rounds of 3 silos through work pools: {took:.0f} s")
+    assert mlflow.get_run(versions[1].run_id).data.metrics["silos.in"] == 3.0
+    assert mlflow.get_run(versions[2].run_id).data.metrics["silos.in"] == 2.0
+    print(f"2 rounds of 3 silos through work pools, one worker killed: {took:.0f} s")
+
+    before = {name: r["pid"] for name, r in recorded(home).items()}
+    cli(home, "stack", "up", str(federated["config"]))  # restarts only the killed worker
+    after = {name: r["pid"] for name, r in recorded(home).items()}
+    assert {n for n in after if after[n] != before.get(n)} == {"worker-silo-s2"}
 
 
-def test_a_silo_whose_worker_is_killed_is_dropped_and_the_round_completes(federated):
-    worker = recorded(federated["home"])["worker-silo-s2"]
-    os.killpg(worker["pgid"], signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while alive(worker["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(worker["pid"])
-    run = cli(federated["home"], "run", str(federated["config"].with_name("short-timeout.yaml")), "--rounds", "1",
-              "--no-progress", env=federated["env"], timeout=900)
-    assert "candidate v3" in run.stdout, run.stdout + run.stderr
-    third = record(federated, 3)
-    assert third["silos_in"] == ["s0", "s1"]
-    assert "timed out after 60 s" in third["silos_out"]["s2"]
-    from mlflow import MlflowClient
+def test_silos_served_by_their_own_runners_take_only_their_own_runs(federated):
+    """Each silo replaces its worker by `fedsilo silo serve` (the hardened runner, flows run in its own
+    process): the next round runs every silo phase there, and a run that names another silo on a
+    silo's deployment is refused without running."""
+    from stack_helpers import FEDSILO
 
-    mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
-    version = mlflow.get_model_version("synth", "3")
-    assert "s2" in version.tags["fedsilo.silos_out"] and "timed out" in version.tags["fedsilo.silos_out"]
+    home = federated["home"]
+    for silo in SILOS:  # the silos' workers go; the coordinator's stays
+        os.killpg(recorded(home)[f"worker-silo-{silo}"]["pgid"], signal.SIGTERM)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_"))}
+    for silo in SILOS:
+        federated["runners"][silo] = subprocess.Popen(
+            [FEDSILO, "silo", "serve", str(federated["config"]), "--silo", silo, "--poll", "1"],
+            env={**base, **federated["env"], "FEDSILO_HOME": str(home / "stack" / "silos" / silo)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+    r = committed(federated)[-1] + 1
+    run = cli(home, "run", str(federated["config"]), "--rounds", "1", "--no-progress", env=federated["env"], timeout=600)
+    assert f"candidate v{r}" in run.stdout, run.stdout + run.stderr
+    assert record(federated, r)["silos_in"] == SILOS
     with prefect(federated) as client:
-        late = [r for r in client.read_flow_runs(limit=200) if r.name == "synth/r003/s2"]
-    assert late and late[0].state.type.value in ("CANCELLED", "CANCELLING")  # not left to run later
+        runs = {x.name: x for x in client.read_flow_runs(limit=200)}
+        for silo in SILOS:
+            for phase in PHASES:
+                assert runs[f"synth/r{r:03d}/{silo}{phase}"].state.is_completed()
+        deployment = client.read_deployment_by_name("silo/synth-s0")
+        foreign = client.create_flow_run_from_deployment(deployment.id, name="foreign", parameters={
+            "federation": "synth", "silo_id": "s1", "round_number": r, "phase": "unmask", "order": {},
+            "config_path": "/elsewhere/federation.yaml"})
+        deadline = time.monotonic() + 60
+        while not (state := client.read_flow_run(foreign.id).state).is_final() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert state.is_failed() and "refused by silo s0's runner" in state.message and "'s1'" in state.message
 
 
 def committed(federated) -> list[int]:
-    keys = [o["Key"] for page in s3(federated).get_paginator("list_objects_v2").paginate(
-        Bucket="fedsilo", Prefix="synth/federations/synth/rounds/") for o in page.get("Contents", [])]
-    return sorted(int(k.split("/")[4]) for k in keys if k.endswith("/round.json"))
+    return exchange(federated).committed_rounds()
 
 
 def global_vector(federated, r: int):
-    """Round r's global model, read and digest-checked through the exchange over the bucket."""
-    from infra.exchange import Exchange, ObjectRef
-    from infra.s3_store import S3ObjectStore
+    from infra.exchange import ObjectRef
 
-    store = S3ObjectStore("fedsilo", "synth", client=s3(federated))
-    return Exchange(store, "synth").get_vector(ObjectRef.from_dict(record(federated, r)["global"]))
+    return exchange(federated).get_vector(ObjectRef.from_dict(record(federated, r)["global"]))
 
 
-def versions_by_round(federated) -> dict[int, list[int]]:
+def versions_by_round(federated) -> dict[int, list[str]]:
     from mlflow import MlflowClient
 
     mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
@@ -197,15 +254,8 @@ def versions_by_round(federated) -> dict[int, list[int]]:
 def test_a_coordinator_killed_mid_round_is_resumed_by_a_triggered_job_and_nothing_is_duplicated(federated):
     """`fedsilo run` is killed in the middle of round r; `fedsilo trigger` then runs the training
     deployment on the coordinator's pool, which redoes round r, sending each silo's phases to the
-    silo's own pool."""
-    import subprocess
-
+    silo's own deployment (served by the silo's runner since the test above)."""
     from stack_helpers import FEDSILO
-
-    before = {name: r["pid"] for name, r in recorded(federated["home"]).items()}
-    cli(federated["home"], "stack", "up", str(federated["config"]))  # restarts only the killed worker
-    after = {name: r["pid"] for name, r in recorded(federated["home"]).items()}
-    assert {n for n in after if after[n] != before.get(n)} == {"worker-silo-s2"}
 
     r = committed(federated)[-1] + 1
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_"))}

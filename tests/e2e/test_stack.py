@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -47,6 +48,10 @@ def test_up_starts_every_process_on_loopback_and_prints_where_to_look(stack):
     for name, label in (("prefect", "Prefect UI"), ("mlflow", "MLflow UI"), ("s3", "S3 endpoint")):
         assert f"{label}" in out and url(stack, name) in out
     assert "export PREFECT_API_URL=" in out and "export FEDSILO_EXCHANGE=s3://fedsilo/synth" in out
+    assert "roster v3: s0, s1, s2" in out  # each silo's identity made in its own state folder, then enrolled
+    for silo in ("s0", "s1", "s2"):
+        pem = stack["home"] / "stack" / "silos" / silo / "silos" / silo / "identity" / "ed25519.pem"
+        assert pem.stat().st_mode & 0o077 == 0
     pids = recorded(stack["home"])
     assert sorted(pids) == ["mlflow", "prefect", "s3", "worker-fedsilo-coordinator", "worker-silo-s0",
                             "worker-silo-s1", "worker-silo-s2"]
@@ -55,6 +60,13 @@ def test_up_starts_every_process_on_loopback_and_prints_where_to_look(stack):
         assert "127.0.0.1" in pids[name]["argv"]  # told to listen on loopback only
     with urllib.request.urlopen(url(stack, "prefect") + "/api/health", timeout=5) as response:
         assert response.status == 200
+    anonymous = urllib.request.Request(url(stack, "prefect") + "/api/work_pools/filter", data=b"{}", method="POST",
+                                       headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the API wants the stack's auth string
+        urllib.request.urlopen(anonymous, timeout=5)
+    assert refused.value.code == 401
+    assert f"export PREFECT_API_AUTH_STRING={stack['layout']['auth']}" in out
+    assert (stack["home"] / "stack" / "stack.json").stat().st_mode & 0o077 == 0
     with urllib.request.urlopen(url(stack, "mlflow") + "/health", timeout=5) as response:
         assert response.status == 200
     status = cli(stack["home"], "stack", "status", str(stack["config"]))
@@ -81,9 +93,10 @@ def test_the_bucket_and_the_tracking_server_answer(stack):
 def test_silo_pools_have_workers_and_refuse_command_and_env_overrides(stack):
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: url(stack, "prefect") + "/api"}), get_client(sync_client=True) as client:
+    with temporary_settings({PREFECT_API_URL: url(stack, "prefect") + "/api", PREFECT_API_AUTH_STRING: stack["layout"]["auth"]}), \
+            get_client(sync_client=True) as client:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(
                 client.read_workers_for_work_pool(p) for p in ("silo-s0", "silo-s1", "silo-s2")):

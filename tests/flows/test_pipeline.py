@@ -251,9 +251,10 @@ def test_a_tampered_update_is_rejected_in_trusted_mode(federation, state_home, m
     class Tampering(InProcessDispatcher):
         def run(self, calls, on_done=None):
             outcomes = super().run(calls, on_done)
-            for outcome in outcomes:
-                if outcome.silo_id == "s0" and outcome.manifest.get("phase") == "train":
-                    path = state_home / "exchange" / outcome.manifest["update"]["key"]
+            for outcome in outcomes:  # the silos' signed manifests, before the round verifies them
+                manifest = outcome.manifest["body"]
+                if outcome.silo_id == "s0" and manifest.get("phase") == "train":
+                    path = state_home / "exchange" / manifest["update"]["key"]
                     data = bytearray(path.read_bytes())
                     data[-40] ^= 0xFF
                     path.write_bytes(bytes(data))
@@ -270,7 +271,7 @@ def test_a_silo_refuses_a_request_for_another_federation(federation, state_home)
 
     config_path = federation(2)
     state = silo_flow(
-        federation="not-this-one", silo_id="s0", round_number=1, phase="train", refs={}, config_path=str(config_path),
+        federation="not-this-one", silo_id="s0", round_number=1, phase="train", order={}, config_path=str(config_path),
         return_state=True,
     )
     assert state.is_failed()

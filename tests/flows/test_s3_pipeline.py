@@ -37,7 +37,7 @@ def test_a_secure_round_exchanges_everything_through_the_bucket(federation, stat
     def read(name: str) -> bytes:
         return client.get_object(Bucket=BUCKET, Key=base + name)["Body"].read()
 
-    assert {"global.arrow", "round.json"} <= set(keys)
+    assert {"global.arrow", "round.json", "round.json.sig"} <= set(keys)
     published = json.loads(read("round.json"))
     assert published["global"] == record["global"]
     glob = read("global.arrow")
@@ -48,7 +48,7 @@ def test_a_secure_round_exchanges_everything_through_the_bucket(federation, stat
         assert {f"secagg/shares/{silo}.json", f"secagg/masked/{silo}.json", f"secagg/masked/{silo}.arrow",
                 f"secagg/unmask/{silo}.json"} <= set(keys), keys
     assert s3_env.keys(f"{s3_prefix}/federations/synth/rounds/0/") == [
-        f"{s3_prefix}/federations/synth/rounds/0/{name}" for name in ("global.arrow", "round.json")
+        f"{s3_prefix}/federations/synth/rounds/0/{name}" for name in ("global.arrow", "round.json", "round.json.sig")
     ]
 
     # read back through the S3 store: the aggregate the pipeline published is round 1 of FedAvg

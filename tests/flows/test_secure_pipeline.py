@@ -182,4 +182,5 @@ def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch,
     assert leftovers == []  # each silo deleted its round secrets once it had revealed its shares
     pem = state_home / "silos" / "s0" / "identity" / "ed25519.pem"
     assert pem.stat().st_mode & 0o077 == 0  # the identity key is readable by its owner only
-    json.loads((state_home / "exchange" / "federations/synth/identities/s0.json").read_text())
+    roster = json.loads((state_home / "exchange" / "federations/synth/roster/v0001.json").read_text())
+    assert set(roster["body"]["members"]) == {"s0", "s1", "s2"}  # public keys only, in the signed roster
