@@ -19,8 +19,10 @@ demo: install
 	$(VENV)/bin/fedsilo demo-data examples/heart/federation.yaml
 	$(VENV)/bin/fedsilo run examples/heart/federation.yaml
 
+# two processes, one test file each at a time: the end-to-end files spend much of their time waiting
+# on servers and subprocesses, and a file keeps its module-scoped servers to itself
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: install
 	$(PY) benchmarks/heart.py

@@ -414,11 +414,14 @@ def silo_init(
     from infra.roster import parse_public_key
     from infra.secagg_channel import pin_coordinator
 
+    from infra.state import ensure_state_dir, resolve_state_dir
+
     federation = load_config(config)
     federation.silo(silo)
-    state = _state()
+    state = resolve_state_dir()
     key_path = state.silo(silo) / "identity" / "ed25519.pem"
-    _ignored_by_git(key_path)
+    _ignored_by_git(key_path)  # before anything is written there
+    ensure_state_dir(state)
     existed = key_path.exists()
     public = crypto.identity_public(silo_identity(state, silo))
     card = state.silo(silo) / "identity" / f"{federation.federation}-{silo}.pub.json"
@@ -477,14 +480,22 @@ def silo_remove(config: ConfigArg, silo: SiloOpt) -> None:
 @silo_app.command("list")
 @user_errors
 def silo_list(config: ConfigArg) -> None:
-    """The federation's roster: each configured silo, its pool, its key's fingerprint and status."""
+    """On the coordinator's side: the coordinator's public key (for the silos to pin) and the roster:
+    each configured silo, its pool, its key's fingerprint and status."""
     import datetime
 
     from infra.config import load_config
     from infra.roster import RosterStore
 
+    from fl_core.secagg import crypto
+    from infra.keystore import coordinator_identity
+
     federation = load_config(config)
-    roster = RosterStore(_state(), federation.federation).load()
+    state = _state()
+    roster = RosterStore(state, federation.federation).load()
+    coordinator = crypto.identity_public(coordinator_identity(state))
+    out.print(f"coordinator key {crypto.b64(coordinator)}  fingerprint {crypto.fingerprint(coordinator)}  "
+              "(for `fedsilo silo init --coordinator-key`)", soft_wrap=True)
     table = Table(title=f"{federation.federation} roster v{roster.version}", box=None)
     for column in ("silo", "pool", "fingerprint", "status", "since"):
         table.add_column(column)

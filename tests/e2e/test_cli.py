@@ -36,7 +36,8 @@ class Workspace:
         self.config = self.example / "federation.yaml"
 
     def fedsilo(self, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-        environment = {**os.environ, "HOME": str(self.home), "FEDSILO_HOME": str(self.state), **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "MLFLOW_"))}
+        environment = {**inherited, "HOME": str(self.home), "FEDSILO_HOME": str(self.state), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "flows.cli", *args],
             cwd=self.root, env=environment, capture_output=True, text=True, timeout=timeout,
@@ -124,6 +125,7 @@ def test_the_champion_scores_raw_records(demo):
     import pandas as pd
 
     mlflow.set_tracking_uri(f"sqlite:///{demo.state}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{demo.state}/mlflow.db")  # not a registry an earlier test left set
     model = mlflow.pyfunc.load_model("models:/heart@champion")
     records = pd.read_parquet(demo.example / "data" / "hungary.parquet").drop(columns=["disease", "split"])
     scored = model.predict(records)
@@ -236,3 +238,46 @@ def test_too_few_good_silos_fail_the_job_and_change_nothing(demo):
     line = one_line_error(result, "min_silos=3", "cleveland", "hungary")
     assert "chol" in line and "rows" in line
     assert demo.registry_snapshot() == before
+
+
+def test_silo_identities_are_made_on_the_silo_and_enrolled_by_the_coordinator(tmp_path):
+    """`silo init` on a silo's side, `silo add|remove|list` on the coordinator's: what each prints,
+    where the keys live, and the refusals (a key inside a git work tree, a silent re-key)."""
+    work = Workspace(tmp_path / "w")
+    silo_home = tmp_path / "cleveland-site"
+    first = work.fedsilo("silo", "init", str(work.config), "--silo", "cleveland", env={"FEDSILO_HOME": str(silo_home)})
+    assert first.returncode == 0, first.stderr
+    pem = silo_home / "silos" / "cleveland" / "identity" / "ed25519.pem"
+    card = pem.with_name("heart-cleveland.pub.json")
+    assert pem.stat().st_mode & 0o077 == 0 and "new identity for silo cleveland" in first.stdout
+    public = json.loads(card.read_text())["ed25519"]
+    assert f"public key   {public}" in first.stdout and public not in pem.read_text()
+    again = work.fedsilo("silo", "init", str(work.config), "--silo", "cleveland", env={"FEDSILO_HOME": str(silo_home)})
+    assert "identity of silo cleveland" in again.stdout and json.loads(card.read_text())["ed25519"] == public
+
+    repo = tmp_path / "a-repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    inside = work.fedsilo("silo", "init", str(work.config), "--silo", "hungary", env={"FEDSILO_HOME": str(repo / "keys")})
+    assert inside.returncode == 1 and "inside the git work tree" in inside.stderr and "Traceback" not in inside.stderr
+    assert not (repo / "keys" / "silos" / "hungary" / "identity" / "ed25519.pem").exists()
+
+    added = work.fedsilo("silo", "add", str(work.config), "--silo", "cleveland", "--key", str(card))
+    assert added.returncode == 0 and "enrolled: cleveland" in added.stdout and "roster v1" in added.stdout
+    listing = work.fedsilo("silo", "list", str(work.config)).stdout
+    assert "cleveland" in listing and "enrolled" in listing and "not enrolled" in listing  # the other three
+    other = work.fedsilo("silo", "init", str(work.config), "--silo", "cleveland",
+                         env={"FEDSILO_HOME": str(tmp_path / "impostor")})
+    stranger = json.loads((tmp_path / "impostor" / "silos" / "cleveland" / "identity" / "heart-cleveland.pub.json")
+                          .read_text())["ed25519"]
+    assert other.returncode == 0
+    rekey = work.fedsilo("silo", "add", str(work.config), "--silo", "cleveland", "--key", stranger)
+    assert rekey.returncode == 1 and "--rekey" in rekey.stderr
+    unknown = work.fedsilo("silo", "add", str(work.config), "--silo", "nowhere", "--key", public)
+    assert unknown.returncode == 1 and "'nowhere' is not in federation 'heart'" in unknown.stderr
+    removed = work.fedsilo("silo", "remove", str(work.config), "--silo", "cleveland")
+    assert removed.returncode == 0 and "offboarded: cleveland" in removed.stdout and "roster v2" in removed.stdout
+    assert "offboarded" in work.fedsilo("silo", "list", str(work.config)).stdout
+    versions = sorted(p.name for p in (work.state / "exchange" / "federations" / "heart" / "roster").iterdir())
+    assert versions == ["v0001.json", "v0002.json"]
+    serve = work.fedsilo("silo", "serve", str(work.config), "--silo", "cleveland", env={"PREFECT_API_URL": ""})
+    assert serve.returncode == 1 and "silo serve needs a Prefect server" in serve.stderr

@@ -100,6 +100,14 @@ def exchange(federated):
     return Exchange(S3ObjectStore("fedsilo", "synth", client=s3(federated)), "synth")
 
 
+def tracking(federated):
+    """The tracking server's client, its registry named too (not whatever this process used before)."""
+    from mlflow import MlflowClient
+
+    uri = federated["env"]["FEDSILO_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def record(federated, r: int) -> dict:
     ex = exchange(federated)
     return ex.read_json_key(ex.record_key(r))
@@ -178,9 +186,7 @@ def test_a_multi_round_job_runs_every_silo_phase_on_its_own_pool_and_survives_a_
     second = record(federated, 2)
     assert "timed out after 60 s" in second["silos_out"]["s2"]
 
-    from mlflow import MlflowClient
-
-    mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
+    mlflow = tracking(federated)
     versions = {int(v.version): v for v in mlflow.search_model_versions("name = 'synth'")}
     assert sorted(versions) == [1, 2]
     assert versions[2].tags["fedsilo.round"] == "2" and versions[2].tags["fedsilo.parent_version"] == "1"
@@ -242,9 +248,7 @@ def global_vector(federated, r: int):
 
 
 def versions_by_round(federated) -> dict[int, list[str]]:
-    from mlflow import MlflowClient
-
-    mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
+    mlflow = tracking(federated)
     out: dict[int, list[str]] = {}
     for v in mlflow.search_model_versions("name = 'synth'"):
         out.setdefault(int(v.tags["fedsilo.round"]), []).append(v.version)
@@ -323,9 +327,7 @@ def test_a_tampered_object_in_the_bucket_is_rejected_and_changes_nothing(federat
               env=federated["env"], timeout=900, check=False)
     assert run.returncode == 1  # the coordinator refuses the round's starting model before any silo runs
     assert f"{key.removeprefix('synth/')}: content does not match its published digest" in run.stderr
-    from mlflow import MlflowClient
-
-    mlflow = MlflowClient(tracking_uri=federated["env"]["FEDSILO_TRACKING_URI"])
+    mlflow = tracking(federated)
     assert sorted(int(v.version) for v in mlflow.search_model_versions("name = 'synth'")) == list(range(1, last + 1))
     assert committed(federated)[-1] == last
     # the same refusal through the training deployment: the job's flow run fails, and so does trigger
