@@ -13,6 +13,9 @@ ways a silo can run its part:
   process (interpreter, imports, loading the flow);
 - served: the silos' workers stopped, each silo running `fedsilo silo serve` (the hardened runner:
   one long-lived process per silo that runs its flow runs in itself).
+Served rounds run first, then the workers are started again (`stack up`) for the pools' rounds; a
+pools job the server gives up on (a SQLite server under many workers answers 503) is reported as
+failed, with its error, instead of ending the benchmark.
 Where the time goes is read back from the Prefect server: for every silo flow run of the measured
 rounds, the time from its creation to being claimed (pickup), from the claim to the flow running
 (for a worker: the run's process starting), the flow itself (running to completed), and per phase
@@ -162,7 +165,7 @@ def serve(home: Path, config: Path, env: dict[str, str], silos: list[str]) -> li
     pids = home / "stack" / "pids"
     for silo in silos:
         record = json.loads((pids / f"worker-silo-{silo}.json").read_text())
-        os.killpg(record["pgid"], signal.SIGTERM)
+        os.killpg(record["pgid"], signal.SIGKILL)  # a worker given SIGTERM may go on taking runs for a while
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "AWS_", "MLFLOW_"))}
     return [subprocess.Popen([FEDSILO, "silo", "serve", str(config), "--silo", silo],
                              env={**base, **env, "FEDSILO_HOME": str(home / "stack" / "silos" / silo)},
@@ -182,47 +185,70 @@ def measure(n_silos: int, warmup: int, rounds: int, workdir: Path) -> dict[str, 
     fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress")
     inprocess = summarise("embedded", round_timings(local_records(home, "synth", range(warmup + 1, total + 1))))
 
-    # federated: the stack, deployments, a job whose silo phases are flow runs of the silos' deployments
+    # federated: the stack, deployments, a job whose silo phases are flow runs of the silos' deployments;
+    # first served by the silos' runners (the workers stopped), then through the pools' workers (started
+    # again by a second `stack up`)
     home = workdir / f"federated-{n_silos}"
     config = federation(workdir / f"fed-pools-{n_silos}", n_silos, "work_pools")
+    silos = [s["id"] for s in yaml.safe_load(config.read_text())["silos"]]
     began = time.perf_counter()
     env = exports(fedsilo(home, "stack", "up", str(config)))
     stack_s = time.perf_counter() - began
     runners: list[subprocess.Popen] = []
+    served_rounds, pool_rounds = range(warmup + 1, total + 1), range(total + warmup + 1, 2 * total + 1)
+    pools: dict = {}
     try:
         fedsilo(home, "deploy", str(config), env=env)
+        runners = serve(home, config, env, silos)
         fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress", env=env)
-        measured = range(warmup + 1, total + 1)
-        pools = summarise("pools", round_timings(s3_records(env, "synth", measured)))
-        runners = serve(home, config, env, [f"s{i}" for i in range(n_silos)])
-        fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress", env=env)
-        served_rounds = range(total + warmup + 1, 2 * total + 1)
         served = summarise("served", round_timings(s3_records(env, "synth", served_rounds)))
-        breakdown("pools", env, measured, pools)
+        for runner in runners:
+            os.killpg(runner.pid, signal.SIGTERM)
+            runner.wait(timeout=30)
+        runners = []
+        fedsilo(home, "stack", "up", str(config))
+        try:
+            fedsilo(home, "run", str(config), "--rounds", str(total), "--no-progress", env=env)
+        except SystemExit as failed:  # reported with what the server logged, not hidden
+            pools = {"failed": str(failed).strip().splitlines()[-1]}
+            print(f"  pools      FAILED: {pools['failed']}", flush=True)
+        else:
+            pools = summarise("pools", round_timings(s3_records(env, "synth", pool_rounds)))
         breakdown("served", env, served_rounds, served)
+        if "failed" not in pools:
+            breakdown("pools", env, pool_rounds, pools)
     finally:
         for runner in runners:
             os.killpg(runner.pid, signal.SIGTERM)
             runner.wait(timeout=30)
         fedsilo(home, "stack", "down", str(config))
-    print(f"  stack up {stack_s:.1f} s (once); overhead per round against embedded: pools "
-          f"{pools['overhead_s'] / inprocess['overhead_s']:.2f}x, served {served['overhead_s'] / inprocess['overhead_s']:.2f}x; "
-          f"pools against served {pools['overhead_s'] / served['overhead_s']:.2f}x", flush=True)
+    ratios = f"served {served['overhead_s'] / inprocess['overhead_s']:.2f}x"
+    if "failed" not in pools:
+        ratios += (f", pools {pools['overhead_s'] / inprocess['overhead_s']:.2f}x; pools against served "
+                   f"{pools['overhead_s'] / served['overhead_s']:.2f}x")
+    print(f"  stack up {stack_s:.1f} s (once); overhead per round against embedded: {ratios}", flush=True)
     return {"pools": pools, "served": served, "inprocess": inprocess}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 silos, one measured round each way")
+    parser.add_argument("--silos", type=int, nargs="+", help="federation sizes (default: 4 and 16; --quick: 4)")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (stack logs, stores)")
     args = parser.parse_args()
     sizes, rounds = ((4,), 1) if args.quick else ((4, 16), 3)
+    sizes = tuple(args.silos or sizes)
     headline: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fedsilo-workpools-") as tmp:
+        work = Path(tmp) if args.keep is None else args.keep
         for n in sizes:
-            result = measure(n, 1, rounds, Path(tmp))
+            result = measure(n, 1, rounds, work)
             inprocess = result["inprocess"]["overhead_s"]
             for path in ("pools", "served"):
                 row = result[path]
+                if "failed" in row:
+                    headline[f"{path}_failed_{n}"] = row["failed"]
+                    continue
                 headline[f"{path}_overhead_s_per_round_{n}"] = round(row["overhead_s"], 3)
                 headline[f"{path}_to_inprocess_overhead_ratio_{n}"] = round(row["overhead_s"] / inprocess, 3)
                 for key in ("run_pickup_s", "run_start_s", "run_flow_s", "run_span_s"):

@@ -46,11 +46,24 @@ def user_errors(command):
         except FedsiloError as exc:
             err.print(f"[red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(1) from None
+        except Exception as exc:
+            if type(exc).__name__ != "PrefectHTTPStatusError":
+                raise
+            # the Prefect server refused a request even after its client's retries (e.g. an overloaded
+            # SQLite server answering 503): nothing of the round in progress was committed
+            err.print(f"[red]error:[/] the Prefect server refused a request ({_first_line(exc)}); nothing of the "
+                      "round in progress was committed, and running the job again resumes it", soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(" - Response:")[0]
 
 
 def _state():

@@ -25,7 +25,8 @@ from infra.config import FederationConfig, load_config
 from infra.dispatch import silo_run_name as run_name
 from infra.exchange import exchange_for
 from infra.state import resolve_state_dir
-from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys, sign_manifest, verify_order
+from tasks.orders import sign_manifest, verify_order
+from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
 
 Phase = Literal["train", "shares", "masked", "unmask", "evaluate"]
 PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_shares}

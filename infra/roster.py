@@ -33,6 +33,7 @@ from fl_core.secagg import crypto
 from infra.config import FederationConfig
 from infra.exchange import Exchange
 from infra.keystore import coordinator_identity, silo_identity, write_private
+from infra.secagg_channel import SecAggChannel
 from infra.state import StateDir
 
 COORDINATOR = "coordinator"
@@ -150,8 +151,6 @@ def roster_key(exchange: Exchange, version: int) -> str:
 
 def publish_coordinator(exchange: Exchange, identity) -> None:
     """The coordinator's public key, where silos that did not pin it at `silo init` first see it."""
-    from infra.secagg_channel import SecAggChannel
-
     SecAggChannel(exchange, 0).publish_coordinator(crypto.identity_public(identity))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import signal
@@ -45,6 +46,7 @@ from infra.workpools import COORDINATOR_POOL, ensure_pools
 HOST = "127.0.0.1"
 BUCKET = "fedsilo"
 READY_TIMEOUT_S = 90.0
+WORKERS_READY_TIMEOUT_S = 240.0  # 17 workers starting at once on 2 cores take about a minute
 STOP_TIMEOUT_S = 15.0
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "fedsilo-local",
                "AWS_DEFAULT_REGION": "us-east-1"}  # moto accepts any; never real credentials
@@ -56,8 +58,17 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "f
 # was writing at the same time). Flow runs, their states and logs are kept; task runs and the event
 # history are not (the live event stream, which waits on runs, is unaffected). A production server on
 # PostgreSQL keeps both.
+POLLS_PER_SECOND = 5  # all workers together (see poll_seconds)
 SQLITE_SERVER = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
                  "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false"}
+
+
+def poll_seconds(workers: int) -> int:
+    """How often each worker asks the server for runs. Every poll is a write transaction on the server
+    (the queue's and the deployments' last-polled marks), and SQLite takes one writer at a time: the
+    stack's workers together poll about five times a second, whatever their number (1 s each up to
+    5 workers, 4 s each at 17)."""
+    return max(1, math.ceil(workers / POLLS_PER_SECOND))
 
 
 class StackError(FedsiloError):
@@ -158,7 +169,8 @@ class Stack:
         client = self.client_environment(layout)
         # the pools' fixed command runs the `python` first on PATH: this environment's
         path = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
-        worker_env = {**base, **quiet, **client, "PATH": path, "PREFECT_WORKER_QUERY_SECONDS": "1",
+        worker_env = {**base, **quiet, **client, "PATH": path,
+                      "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds(len(self.config.silos) + 1)),
                       "PREFECT_HOME": str(self.root / "prefect-client")}
         # the coordinator's worker shares the state folder of whoever runs `fedsilo run` here: one coordinator
         # identity, one privacy ledger, whether a job starts from the command line or from the deployment
@@ -234,24 +246,30 @@ class Stack:
                          f"see {self.logs / (service.name + '.log')}")
 
     def _stop(self, name: str) -> bool:
-        record = self._recorded(name)
-        stopped = False
-        if record is not None and self._running(name):
+        return bool(self._stop_all([name]))
+
+    def _stop_all(self, names: list[str]) -> list[str]:
+        """SIGTERM to each one's process group, then one shared grace period (a worker waiting on a busy
+        server can take seconds to exit: stopping 17 in turn took minutes), then SIGKILL to the rest."""
+        records = {name: self._recorded(name) for name in names}
+        running = [name for name in names if records[name] is not None and self._running(name)]
+        for name in running:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(record["pgid"], signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while self._running(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
+                os.killpg(records[name]["pgid"], signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(self._running(name) for name in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in running:
             if self._running(name):
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(record["pgid"], signal.SIGKILL)
-            stopped = True
-        child = self._children.pop(name, None)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=STOP_TIMEOUT_S)  # reap it
-        self._pid_file(name).unlink(missing_ok=True)
-        return stopped
+                    os.killpg(records[name]["pgid"], signal.SIGKILL)
+        for name in names:
+            child = self._children.pop(name, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=STOP_TIMEOUT_S)  # reap it
+            self._pid_file(name).unlink(missing_ok=True)
+        return running
 
     # -- commands ----------------------------------------------------------------------------------
     def up(self, on_step=lambda message: None) -> dict[str, str]:
@@ -288,11 +306,10 @@ class Stack:
                 if not self._running(service.name):
                     self._start(service)
                     started.append(service.name)
-            for service in workers:
-                self._wait_ready(service, deadline)
+            self._wait_workers(layout, workers, time.monotonic() + WORKERS_READY_TIMEOUT_S)
+            on_step(f"workers ready: {len(workers)}")
         except BaseException:
-            for name in reversed(started):
-                self._stop(name)
+            self._stop_all(list(reversed(started)))
             raise
         return self.addresses(layout)
 
@@ -301,8 +318,8 @@ class Stack:
         if not self.pids.exists():
             return []
         names = sorted(p.stem for p in self.pids.glob("*.json"))
-        order = [n for n in names if n.startswith("worker-")] + [n for n in names if not n.startswith("worker-")]
-        stopped = [name for name in order if self._stop(name)]
+        stopped = self._stop_all([n for n in names if n.startswith("worker-")])  # workers first, together
+        stopped += self._stop_all([n for n in names if not n.startswith("worker-")])
         self.layout_file.unlink(missing_ok=True)
         return stopped
 
@@ -357,15 +374,41 @@ class Stack:
                             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
-    def _pools(self, layout: dict) -> None:
-        """Create (or reset to the locked template) the coordinator's pool and one pool per silo."""
-        from prefect.client.orchestration import get_client
+    def _api(self, layout: dict):
+        """Prefect client settings for this stack's server (its address and auth string)."""
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         env = self.client_environment(layout)
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
-            with get_client(sync_client=True) as client:
-                ensure_pools(client, self.config, reset=True)
+        return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"],
+                                   PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]})
+
+    def _pools(self, layout: dict) -> None:
+        """Create (or reset to the locked template) the coordinator's pool and one pool per silo."""
+        from prefect.client.orchestration import get_client
+
+        with self._api(layout), get_client(sync_client=True) as client:
+            ensure_pools(client, self.config, reset=True)
+
+    def _wait_workers(self, layout: dict, workers: list[Service], deadline: float) -> None:
+        """Until every worker has registered with the server: `up` returns a stack that takes runs (and
+        a federation deployed right after does not meet a server still busy with workers starting)."""
+        from prefect.client.orchestration import get_client
+
+        pending = {service.name: service.name.removeprefix("worker-") for service in workers}
+        with self._api(layout), get_client(sync_client=True) as client:
+            while True:
+                for name, pool in list(pending.items()):
+                    if not self._running(name):
+                        log = self.logs / f"{name}.log"
+                        raise StackError(f"{name} exited while starting; see {log}{_tail(log)}")
+                    if any(w.name == f"{pool}-worker" for w in client.read_workers_for_work_pool(pool)):
+                        del pending[name]
+                if not pending:
+                    return
+                if time.monotonic() > deadline:
+                    raise StackError(f"{', '.join(sorted(pending))} did not register with the Prefect server within "
+                                     f"{WORKERS_READY_TIMEOUT_S:.0f} s; see {self.logs}")
+                time.sleep(0.5)
 
 
 def _tail(log: Path, lines: int = 12) -> str:

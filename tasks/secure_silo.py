@@ -21,11 +21,11 @@ from fl_core.secagg.client import RoundContext
 from fl_core.secagg.weighting import contribution
 from fl_core.seeding import derive_seed, numpy_rng
 from infra.config import FederationConfig
-from infra.dispatch import open_order, seal_manifest
 from infra.exchange import Exchange, exchange_for
 from infra.keystore import RoundSecrets, silo_identity
-from infra.secagg_channel import SecAggChannel, instance_name, pinned_coordinator
+from infra.secagg_channel import SecAggChannel, instance_name
 from infra.state import StateDir
+from tasks.orders import coordinator_key
 from tasks.privacy import SiloLevel
 
 
@@ -83,22 +83,6 @@ class _Session:
         if identities.get(self.silo) != crypto.identity_public(self.identity):
             raise WrongSender("the coordinator's U1 carries another identity for this silo")
         return u1, identities
-
-
-def coordinator_key(exchange: Exchange, state: StateDir, silo_id: str) -> bytes:
-    """The coordinator's public key as this silo pinned it (at `fedsilo silo init`, or on first sight)."""
-    return pinned_coordinator(SecAggChannel(exchange, 0), state.silo(silo_id) / "trust")
-
-
-def verify_order(exchange: Exchange, state: StateDir, silo_id: str, round_number: int, phase: str,
-                 order: dict) -> dict:
-    """The references of the coordinator's order, once its signature and binding check out."""
-    return open_order(order, coordinator_key(exchange, state, silo_id), exchange.federation, round_number, phase,
-                      silo_id)
-
-
-def sign_manifest(state: StateDir, silo_id: str, manifest: dict) -> dict:
-    return seal_manifest(silo_identity(state, silo_id), manifest)
 
 
 def _manifest(refs, began: float, **extra) -> dict:

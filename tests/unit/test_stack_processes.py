@@ -43,3 +43,20 @@ def test_a_recorded_pid_running_another_command_is_not_ours(tmp_path):
     assert not stack._running("stale")
     assert not stack._stop("stale")  # this test process is still here to assert it
     assert not stack._pid_file("stale").exists()
+
+
+def test_workers_poll_less_often_as_there_are_more_of_them(tmp_path):
+    """Every poll is a write on the stack's SQLite server: the workers together poll about
+    POLLS_PER_SECOND times a second, however many silos there are."""
+    from infra.config import load_config
+    from infra.stack import POLLS_PER_SECOND, poll_seconds
+
+    for silos, expected in ((2, "1"), (4, "1"), (16, "4")):
+        config = load_config(write_synthetic_federation(tmp_path / f"fed{silos}", n_silos=silos, rows=40))
+        stack = Stack(StateDir(root=tmp_path / f"state{silos}"), config)
+        layout = {"ports": {"prefect": 1, "s3": 2, "mlflow": 3}, "auth": "user:pass"}
+        workers = [s for s in stack.services(layout) if s.name.startswith("worker-")]
+        assert len(workers) == silos + 1
+        assert {w.env["PREFECT_WORKER_QUERY_SECONDS"] for w in workers} == {expected}
+        assert len(workers) / int(expected) <= POLLS_PER_SECOND * 1.25
+    assert poll_seconds(1) == 1 and poll_seconds(101) == 21
