@@ -59,6 +59,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "f
 # history are not (the live event stream, which waits on runs, is unaffected). A production server on
 # PostgreSQL keeps both.
 POLLS_PER_SECOND = 5  # all workers together (see poll_seconds)
+MANY_SILOS = 8  # measured: 4 silos' workers run rounds here, 16 stall the server (README, "Where a phase's time goes")
 SQLITE_SERVER = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
                  "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false"}
 
@@ -308,6 +309,10 @@ class Stack:
                     started.append(service.name)
             self._wait_workers(layout, workers, time.monotonic() + WORKERS_READY_TIMEOUT_S)
             on_step(f"workers ready: {len(workers)}")
+            if len(self.config.silos) > MANY_SILOS:
+                on_step(f"note: {len(self.config.silos)} silos' process workers on one machine's SQLite server: at 16 "
+                        "this server stopped answering for minutes while the silos' runs started; serve the silos "
+                        "instead (`fedsilo silo serve`, see the README)")
         except BaseException:
             self._stop_all(list(reversed(started)))
             raise
