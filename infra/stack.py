@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fl_core.errors import FedsiloError
@@ -303,11 +304,13 @@ class Stack:
             on_step(f"work pools: {COORDINATOR_POOL}, " + ", ".join(s.pool_name for s in self.config.silos))
             roster = self._enrol(layout)
             on_step(f"roster v{roster.version}: " + ", ".join(sorted(roster.members)))
+            began = datetime.now(timezone.utc)
             for service in workers:
                 if not self._running(service.name):
                     self._start(service)
                     started.append(service.name)
-            self._wait_workers(layout, workers, time.monotonic() + WORKERS_READY_TIMEOUT_S)
+            fresh = {name: began for name in started}  # a restarted worker's old registration does not count
+            self._wait_workers(layout, workers, fresh, time.monotonic() + WORKERS_READY_TIMEOUT_S)
             on_step(f"workers ready: {len(workers)}")
             if len(self.config.silos) > MANY_SILOS:
                 on_step(f"note: {len(self.config.silos)} silos' process workers on one machine's SQLite server: at 16 "
@@ -394,9 +397,10 @@ class Stack:
         with self._api(layout), get_client(sync_client=True) as client:
             ensure_pools(client, self.config, reset=True)
 
-    def _wait_workers(self, layout: dict, workers: list[Service], deadline: float) -> None:
-        """Until every worker has registered with the server: `up` returns a stack that takes runs (and
-        a federation deployed right after does not meet a server still busy with workers starting)."""
+    def _wait_workers(self, layout: dict, workers: list[Service], since: dict[str, datetime], deadline: float) -> None:
+        """Until every worker has registered with the server (the ones in `since` with a heartbeat after
+        they were started): `up` returns a stack that takes runs, and a federation deployed right after
+        does not meet a server still busy with workers starting."""
         from prefect.client.orchestration import get_client
 
         pending = {service.name: service.name.removeprefix("worker-") for service in workers}
@@ -406,7 +410,10 @@ class Stack:
                     if not self._running(name):
                         log = self.logs / f"{name}.log"
                         raise StackError(f"{name} exited while starting; see {log}{_tail(log)}")
-                    if any(w.name == f"{pool}-worker" for w in client.read_workers_for_work_pool(pool)):
+                    after = since.get(name)
+                    if any(w.name == f"{pool}-worker" and (after is None or (w.last_heartbeat_time and
+                                                                              w.last_heartbeat_time >= after))
+                           for w in client.read_workers_for_work_pool(pool)):
                         del pending[name]
                 if not pending:
                     return
