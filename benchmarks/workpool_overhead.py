@@ -26,7 +26,7 @@ cores, which a federation of 16 sites never does. The per-run figures say what o
 per-round figures are what this machine pays.
 
     python benchmarks/workpool_overhead.py            # 4 and 16 silos, 1 warm-up + 3 measured rounds each way
-    python benchmarks/workpool_overhead.py --quick    # 4 silos, 1 warm-up + 1 measured round each way
+    python benchmarks/workpool_overhead.py --quick    # 4 silos, 1 warm-up + 1 measured round each way (~5 min)
 
 Last line: JSON with `pools_overhead_s_per_round_4`, `inprocess_overhead_s_per_round_4`,
 `served_overhead_s_per_round_4` (and `_16` without --quick), the ratios to embedded, and the
