@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fl_core.errors import BadSignature, EnrolmentError, ExchangeError, StaleMessage, WrongLength, WrongSender
@@ -130,8 +130,7 @@ class RosterStore:
     def save(self, roster: Roster, exchange: Exchange) -> Roster:
         """Sign `roster` as the next version, publish it to the exchange, then keep it as current."""
         identity = self._identity()
-        roster = Roster(federation=roster.federation, version=roster.version + 1, members=roster.members,
-                        removed=roster.removed)
+        roster = replace(roster, version=roster.version + 1)
         envelope = crypto.seal(identity, roster.header(), roster.body())
         data = envelope.to_json().encode()
         key = roster_key(exchange, roster.version)
@@ -185,8 +184,7 @@ def enrol(config: FederationConfig, state: StateDir, exchange: Exchange, silo: s
                              f"{crypto.fingerprint(public)}; re-key it explicitly (--rekey) if the silo made a new key")
     members = {**roster.members, silo: Member(silo=silo, public=public, pool=entry.pool_name, enrolled_at=time.time())}
     removed = {s: t for s, t in roster.removed.items() if s != silo}
-    return store.save(Roster(federation=roster.federation, version=roster.version, members=members, removed=removed),
-                      exchange), True
+    return store.save(replace(roster, members=members, removed=removed), exchange), True
 
 
 def offboard(config: FederationConfig, state: StateDir, exchange: Exchange, silo: str) -> tuple[Roster, bool]:
@@ -200,8 +198,7 @@ def offboard(config: FederationConfig, state: StateDir, exchange: Exchange, silo
                              f"(enrolled: {sorted(roster.members) or 'none'})")
     members = {s: m for s, m in roster.members.items() if s != silo}
     removed = {**roster.removed, silo: time.time()}
-    return store.save(Roster(federation=roster.federation, version=roster.version, members=members, removed=removed),
-                      exchange), True
+    return store.save(replace(roster, members=members, removed=removed), exchange), True
 
 
 def enrol_local(config: FederationConfig, state: StateDir, exchange: Exchange) -> Roster:
@@ -216,8 +213,7 @@ def enrol_local(config: FederationConfig, state: StateDir, exchange: Exchange) -
     for silo in missing:
         public = crypto.identity_public(silo_identity(state, silo))
         members[silo] = Member(silo=silo, public=public, pool=config.silo(silo).pool_name, enrolled_at=time.time())
-    return store.save(Roster(federation=roster.federation, version=roster.version, members=members,
-                             removed=roster.removed), exchange)
+    return store.save(replace(roster, members=members), exchange)
 
 
 def published_roster(exchange: Exchange, coordinator_public: bytes) -> Roster:

@@ -31,9 +31,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fl_core.errors import ConfigError

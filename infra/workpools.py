@@ -11,11 +11,12 @@ pull steps — so the silo flow checks its parameters and the coordinator's sign
 
 `WorkPoolDispatcher` follows the Prefect notes for a SQLite-backed server: it creates the phase's
 flow runs one at a time (concurrent creations earn 503s; a 503 is retried after tens of
-milliseconds, not Prefect's 2 s back-off), then waits for all of them together, event-driven (`wait_for_flow_run`), with one deadline for the
-phase. A run that fails, crashes, is cancelled or misses the deadline (it is then cancelled) makes
-that silo an outcome without a manifest: dropped for the phase, with the reason, and secure
-aggregation recovers it. A completed run's manifest is read from the exchange, where the silo flow
-left it as JSON — the coordinator never unpickles a Prefect result from a silo.
+milliseconds, not Prefect's 2 s back-off), then waits for all of them together, event-driven
+(`wait_for_flow_run`), with one deadline for the phase. A run that fails, crashes, is cancelled or
+misses the deadline (it is then cancelled) makes that silo an outcome without a manifest: dropped
+for the phase, with the reason, and secure aggregation recovers it. A completed run's manifest is
+read from the exchange, where the silo flow left it as JSON — the coordinator never unpickles a
+Prefect result from a silo.
 """
 
 from __future__ import annotations

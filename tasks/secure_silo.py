@@ -21,7 +21,7 @@ from fl_core.secagg.client import RoundContext
 from fl_core.secagg.weighting import contribution
 from fl_core.seeding import derive_seed, numpy_rng
 from infra.config import FederationConfig
-from infra.exchange import Exchange, exchange_for
+from infra.exchange import exchange_for
 from infra.keystore import RoundSecrets, silo_identity
 from infra.secagg_channel import SecAggChannel, instance_name
 from infra.state import StateDir
