@@ -44,6 +44,10 @@ class IntegrityError(ExchangeError):
     """An object in the exchange does not match the digest it was published with."""
 
 
+class MalformedMessage(ExchangeError):
+    """A message or object reference does not parse as its type (the text names the message and field)."""
+
+
 class TrackingError(FedsiloError):
     """The tracking/registry backend is unreachable or refused an operation."""
 

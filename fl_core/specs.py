@@ -37,6 +37,16 @@ class ModelSpec:
             raise ValueError(f"hidden layer sizes must be >= 1, got {list(self.hidden)!r}")
 
 
+def parameter_sizes(spec: ModelSpec, n_inputs: int) -> tuple[int, ...]:
+    """The sizes of the model's parameters in flattening order (each linear layer's weight, then
+    its bias), without building it: what per-layer clipping and the vector length need."""
+    sizes = [n_inputs, *spec.hidden, 1]
+    out: list[int] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        out += [fan_in * fan_out, fan_out]
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainSpec:
     """How each silo trains in a round.

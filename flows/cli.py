@@ -114,7 +114,7 @@ def run(
 ) -> None:
     """Train across the federation's silos: one Prefect flow per round, tracked in MLflow, gated."""
     from infra.config import load_config
-    from infra.embedded import EphemeralApi, configure_embedded, embedded_prefect
+    from infra.embedded import configure_embedded, embedded_api, embedded_prefect, using_api
     from infra.progress import reporting_to
     from infra.tracking import preflight, tracker_for
 
@@ -133,14 +133,13 @@ def run(
     tracker = tracker_for(federation, state)
     preflight(tracker.uri)
     configure_embedded(state)
-    api = EphemeralApi().start()
+    api = embedded_api(state)
     out.print(f"[dim]state folder {state.root} · tracking {tracker.uri}[/]", soft_wrap=True)
 
     from flows.console import ConsoleReporter
     from flows.training import training_flow
 
-    api.wait()
-    with ConsoleReporter(out, metric=federation.gate.metric, show_progress=progress) as display:
+    with using_api(api), ConsoleReporter(out, metric=federation.gate.metric, show_progress=progress) as display:
         with reporting_to(display), embedded_prefect():
             result = training_flow(config_path=str(config.resolve()), rounds=rounds)
     _where_to_look(federation, state, tracker, result)
@@ -426,7 +425,6 @@ def silo_init(
     from infra.keystore import silo_identity
     from infra.roster import parse_public_key
     from infra.secagg_channel import pin_coordinator
-
     from infra.state import ensure_state_dir, resolve_state_dir
 
     federation = load_config(config)
@@ -497,11 +495,10 @@ def silo_list(config: ConfigArg) -> None:
     each configured silo, its pool, its key's fingerprint and status."""
     import datetime
 
-    from infra.config import load_config
-    from infra.roster import RosterStore
-
     from fl_core.secagg import crypto
+    from infra.config import load_config
     from infra.keystore import coordinator_identity
+    from infra.roster import RosterStore
 
     federation = load_config(config)
     state = _state()
@@ -538,10 +535,11 @@ def silo_serve(
     taking only their parameters from the server — the hardened runner."""
     import signal
 
+    from flows.silo import silo_flow
     from infra.silo_runner import SiloRunner
 
     _prefect_server("silo serve")
-    runner = SiloRunner(config, silo, poll_s=poll, on_run=lambda report: out.print(
+    runner = SiloRunner(config, silo, silo_flow, poll_s=poll, on_run=lambda report: out.print(
         f"{report.name}  {report.state.lower()}  {report.seconds:.2f} s"
         + (f"  {report.message}" if report.state != "COMPLETED" and report.message else ""), soft_wrap=True))
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())

@@ -1,11 +1,13 @@
-"""The round flow: dispatch training to every silo, aggregate (securely by default), evaluate on
-every holdout, record.
+"""The round flow: every silo's part of the round, the aggregation, the evaluation on every holdout,
+the gate and the record.
 
-Secure mode runs the secure-aggregation protocol as silo phases between training and evaluation:
-train (+ advertise keys) -> shares -> masked -> unmask, each followed by the coordinator's check
-of what arrived. Bucketed mode runs the same phases with one instance of the protocol per bucket
-(every bucket's silos in one dispatch per phase) and merges the bucket means with the robust rule.
-Trusted mode has the silos publish their updates and merges them directly.
+The round opens every silo's part at once — in embedded mode a `SiloRound` per silo in this process,
+whose steps are task runs of this flow; in federated mode one flow run per silo of its own
+deployment, a child of this run — and then drives the phases with signed orders: train (with the
+round keys), then in secure mode the protocol's shares, masked and unmask, each followed by the
+coordinator's check of what arrived; then evaluate. Bucketed mode runs the same phases with one
+instance of the protocol per bucket and merges the bucket means with the robust rule. Trusted mode
+has the silos publish their updates and merges them directly.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ import time
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from flows.silo import silo_flow
+from fl_core.messages import END, Order, phases_for, seal_order
 from infra.config import load_config
-from infra.dispatch import Dispatcher, InProcessDispatcher, SiloCall, SiloOutcome, Verified, sign_order
+from infra.dispatch import (
+    Dispatcher,
+    InProcessDispatcher,
+    PhaseCall,
+    SiloOutcome,
+    Verified,
+    default_parallel,
+)
 from infra.keystore import coordinator_identity
 from infra.progress import reporter
 from infra.state import resolve_state_dir
-from tasks.coordinator import aggregate, assess, log_validations, plan_round, record_round
+from tasks.aggregate import merge
+from tasks.gate import assess
+from tasks.plan import plan_round
+from tasks.record import log_validations, record_round
 from tasks.secure_coordinator import secure_keys, secure_masked, secure_open, secure_shares, secure_unmask
+from tasks.silo_round import SiloRound
 
 
 def make_dispatcher(config, state) -> Dispatcher:
@@ -32,68 +45,76 @@ def make_dispatcher(config, state) -> Dispatcher:
         from infra.workpools import WorkPoolDispatcher
 
         return WorkPoolDispatcher(config, exchange_for(config, state))
-    return InProcessDispatcher(silo_flow)
+    parallel = config.dispatch.parallel or default_parallel(len(config.silos))
+    return InProcessDispatcher(lambda silo, r: SiloRound(config, state, silo, r), parallel)
 
 
 def phases_per_round(mode: str) -> int:
     """Silo phases per round (for progress displays): train, evaluate, and the protocol's three."""
-    return 2 if mode == "trusted" else 5
+    return len(phases_for(mode))
 
 
 class _Round:
-    """Wiring shared by both aggregation paths: dispatch a phase to some silos with the coordinator's
+    """Wiring shared by every aggregation path: hand a phase to some silos with the coordinator's
     signed order, verify their signed manifests against the round's roster, time it."""
 
-    def __init__(self, dispatcher: Dispatcher, config, config_path: str, round_number: int, state):
-        self.dispatcher, self.config, self.config_path, self.round_number = dispatcher, config, config_path, round_number
+    def __init__(self, dispatcher: Dispatcher, config, round_number: int, state):
+        self.dispatcher, self.config, self.round_number = dispatcher, config, round_number
         self.identity = coordinator_identity(state)
         self.timings: dict[str, float] = {}
         self.plan = None
+        self.opened = False
 
     def start(self, plan) -> None:
-        """From here on the round's roster decides: who is dispatched to, whose signatures count."""
+        """From here on the round's roster decides: who takes part, whose signatures count."""
         self.plan = plan
         self.dispatcher = Verified(self.dispatcher, self.config.federation, plan.keys)
+        began = time.perf_counter()
+        self.dispatcher.open_round(self.round_number, list(plan.silos))
+        self.opened = True
+        self.timings["open_s"] = time.perf_counter() - began
+
+    def call(self, phase: str, silos: list[str], refs: dict) -> PhaseCall:
+        order = Order(federation=self.config.federation, round=self.round_number, phase=phase, silos=tuple(silos),
+                      refs=refs)
+        return PhaseCall(order=order, signed=seal_order(self.identity, order))
 
     def phase(self, phase: str, silos: list[str], refs: dict, timing: str) -> list[SiloOutcome]:
         reporter().phase_started(self.round_number, phase, silos)
-        order = sign_order(self.identity, self.config.federation, self.round_number, phase, silos, refs)
-        calls = [
-            SiloCall(
-                silo_id=silo,
-                parameters={
-                    "federation": self.config.federation, "silo_id": silo, "round_number": self.round_number,
-                    "phase": phase, "order": order, "config_path": self.config_path,
-                },
-            )
-            for silo in silos
-        ]
 
         def done(outcome: SiloOutcome) -> None:
-            manifest = outcome.manifest or {}
-            ok = manifest.get("status") == "ok"
-            reporter().silo_done(self.round_number, phase, outcome.silo_id, ok, manifest.get("reason") or outcome.error or "")
+            manifest = outcome.manifest
+            ok = manifest is not None and manifest.ok
+            why = (manifest.reason if manifest is not None else outcome.error) or ""
+            reporter().silo_done(self.round_number, phase, outcome.silo_id, ok, why)
 
         began = time.perf_counter()
-        outcomes = self.dispatcher.run(calls, on_done=done)
+        outcomes = self.dispatcher.run(self.call(phase, silos, refs), on_done=done)
         self.timings[timing] = time.perf_counter() - began
         return outcomes
 
     def train(self) -> list[SiloOutcome]:
         """The training phase for the roster's silos; the configured silos off the roster sit it out."""
         plan = self.plan
-        trained = self.phase("train", list(plan.silos), {"global": plan.global_ref.to_dict()}, "train_phase_s")
+        trained = self.phase("train", list(plan.silos), {"global": plan.global_ref}, "train_phase_s")
         return trained + [SiloOutcome(silo_id=s, manifest=None, error=why) for s, why in plan.absent.items()]
+
+    def close(self) -> None:
+        """Tell every silo the round is over (the end order) and end what is still running."""
+        if self.opened:
+            self.opened = False
+            silos = list(self.plan.silos)
+            self.dispatcher.close_round(self.call(END, silos, {}) if silos else None)
 
 
 def _trusted(run: _Round, config_q, state, plan, job_run_id: str):
     trained = run.train()
     log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
-    return aggregate(config_q, state, quote(plan), quote(trained))
+    return merge(config_q, state, quote(plan), quote(trained))
 
 
 def _secure(run: _Round, config_q, state, plan, job_run_id: str):
-    sr = secure_open(config_q, state, quote(plan), plan.n_parameters)
+    sr = secure_open(config_q, state, quote(plan))
     trained = run.train()
     log_validations(config_q, state, job_run_id, run.round_number, "train", quote(trained))
     sr = secure_keys(config_q, state, quote(sr), quote(trained))
@@ -113,23 +134,27 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
     started = time.time()
     config = load_config(config_path)
     state = resolve_state_dir()
-    run = _Round(make_dispatcher(config, state), config, config_path, round_number, state)
+    dispatcher = make_dispatcher(config, state)
     # quote(): Prefect need not walk these objects to find upstream futures (there are none).
     config_q = quote(config)
-    for name in run.dispatcher.settle():  # silo runs an interrupted coordinator left going must not write here
+    for name in dispatcher.settle():  # silo runs an interrupted coordinator left going must not write here
         reporter().note(f"ended flow run {name}, left by an interrupted round")
     plan = plan_round(config_q, state, round_number)
-    run.start(plan)
-    aggregated = AGGREGATION[config.aggregation.mode](run, config_q, state, plan, job_run_id)
-
-    models = {"candidate": aggregated.global_ref.to_dict()}
-    if plan.champion_ref is not None:
-        models["champion"] = plan.champion_ref.to_dict()
-    evaluated = run.phase("evaluate", list(plan.silos), models, "evaluate_phase_s")
+    run = _Round(dispatcher, config, round_number, state)
+    try:
+        run.start(plan)
+        aggregated = AGGREGATION[config.aggregation.mode](run, config_q, state, plan, job_run_id)
+        models = {"candidate": aggregated.global_ref}
+        if plan.champion_ref is not None:
+            models["champion"] = plan.champion_ref
+        evaluated = run.phase("evaluate", list(plan.silos), models, "evaluate_phase_s")
+    finally:
+        run.close()
     log_validations(config_q, state, job_run_id, round_number, "evaluate", quote(evaluated))
     assessment = assess(config_q, state, quote(plan), quote(evaluated))
 
-    train_compute = sum(m.get("compute_s", 0.0) for m in aggregated.training.manifests.values())
+    training = aggregated.training
+    train_compute = sum(training.train(s).compute_s for s in training.manifests)
     timings = {
         "started_at": started,
         **run.timings,

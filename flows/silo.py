@@ -1,47 +1,37 @@
-"""The silo flow: what one silo does in one phase of one round, on its own side.
+"""The silo flow: one silo's part in one round, as one flow run of the silo's own deployment
+(``<federation>/r<round>/<silo>``, on its ``silo-<id>`` pool or served by the silo's runner).
 
-Phase ``train``: load and validate its data -> train from the global model -> evaluate the local
-model -> hand back its update: in trusted mode the delta itself, in secure mode (the default) it
-keeps the delta and advertises its round keys. Phases ``shares``, ``masked``, ``unmask``: the
-secure-aggregation protocol (no data is read). Phase ``evaluate``: load and validate -> score the
-candidate (and the champion) on its holdout. A silo whose data fails the contract sits the phase
-out and says why, row-free. The flow accepts plain parameters only and returns a small JSON
-manifest, signed with the silo's identity. Before acting it verifies the coordinator's signed order
-(the phase, the silos it is addressed to, the references of the models it names) with the
-coordinator's key this silo pinned; an order that fails is refused and nothing is done.
+The run lives for the round. For each phase of the round in turn (train, then in secure mode the
+protocol's shares, masked and unmask, then evaluate) it waits for the coordinator's signed order in
+the exchange, verifies it with the coordinator's key this silo pinned, runs the phase's steps as
+task runs (``cleveland/validate``, ``cleveland/train``, ``cleveland/keys``, ...) and leaves its
+signed manifest in the exchange (`infra.mailbox`). An order that names other silos is skipped (this
+silo was dropped from that phase); a refused order is answered ``sat_out`` with the reason. The run
+ends after its last phase, when the coordinator ends the round, when it is cancelled, or when no
+order comes in time. It accepts plain parameters only and returns a small JSON summary; nothing it
+computes is a Prefect result.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import time
 
-from prefect import flow
-from prefect.context import FlowRunContext
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import quote
 
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, ExchangeError, SecAggError, WrongSender
+from fl_core.messages import phases_for
 from infra.config import FederationConfig, load_config
-from infra.dispatch import silo_run_name as run_name
-from infra.exchange import exchange_for
+from infra.mailbox import Backoff, SiloMailbox
 from infra.state import resolve_state_dir
-from tasks.orders import sign_manifest, verify_order
-from tasks.secure_silo import advertise_keys, mask_update, reveal_shares, share_keys
+from tasks.silo_round import SiloRound
 
-Phase = Literal["train", "shares", "masked", "unmask", "evaluate"]
-PROTOCOL_TASKS = {"shares": share_keys, "masked": mask_update, "unmask": reveal_shares}
+CANCEL_CHECK_S = 2.0
 
 
 def silo_run_name() -> str:
-    return run_name(flow_run.parameters)
-
-
-def _own_deployment():
-    """This run's deployment: set when a worker or runner started it from the silo's deployment, not
-    when the coordinator called the flow in its own process (a subflow has none of its own, even in a
-    deployed parent)."""
-    context = FlowRunContext.get()
-    return getattr(context.flow_run, "deployment_id", None) if context is not None else None
+    p = flow_run.parameters
+    return f"{p['federation']}/r{p['round_number']:03d}/{p['silo_id']}"
 
 
 def silo_config(config_path: str, federation: str, silo_id: str) -> FederationConfig:
@@ -53,48 +43,54 @@ def silo_config(config_path: str, federation: str, silo_id: str) -> FederationCo
     return config
 
 
+class _CancelWatch:
+    """Whether this run has been asked to cancel (read from the Prefect server every few seconds):
+    a run served in the silo's own process is not interrupted by its runner, so it looks itself."""
+
+    def __init__(self) -> None:
+        self.run_id = flow_run.id
+        self.checked = time.monotonic()
+
+    def __call__(self) -> bool:
+        if self.run_id is None or time.monotonic() - self.checked < CANCEL_CHECK_S:
+            return False
+        self.checked = time.monotonic()
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(self.run_id).state
+        except Exception:  # the server is unreachable for a moment: keep waiting for the order
+            return False
+        return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+
 @flow(name="silo", flow_run_name=silo_run_name, persist_result=False, result_serializer="json", log_prints=False)
-def silo_flow(
-    federation: str,
-    silo_id: str,
-    round_number: int,
-    phase: Phase,
-    order: dict,
-    config_path: str,
-) -> dict:
+def silo_flow(federation: str, silo_id: str, round_number: int, config_path: str) -> dict:
     config = silo_config(config_path, federation, silo_id)
     state = resolve_state_dir()
-    exchange = exchange_for(config, state)
-    refs = verify_order(exchange, state, silo_id, round_number, phase, order)
-    signed = sign_manifest(state, silo_id, _run_phase(config, state, federation, silo_id, round_number, phase, refs))
-    if _own_deployment() is not None:  # a run on the silo's pool: the coordinator reads this from the exchange
-        exchange.put_json(exchange.manifest_key(round_number, phase, silo_id), signed)
-    return signed
-
-
-def _run_phase(config: FederationConfig, state, federation: str, silo_id: str, round_number: int, phase: str,
-               refs: dict[str, dict]) -> dict:
-    manifest = {"federation": federation, "round": round_number, "phase": phase, "silo": silo_id}
-    # quote(): Prefect need not walk these objects to find upstream futures (there are none).
-    if phase in PROTOCOL_TASKS:
-        return {**manifest, "status": "ok", **PROTOCOL_TASKS[phase](quote(config), silo_id, round_number, state)}
-    # here, not at the top: the protocol phases run in a fresh process each in federated mode, and
-    # need neither torch nor the data tooling
-    from tasks.silo import evaluate_models, load_and_validate, train_silo
-
-    data, summary = load_and_validate(quote(config), silo_id, state)
-    manifest["validation"] = summary.to_dict()
-    if data is None:
-        return {**manifest, "status": "sat_out", "reason": summary.verdict()}
-    if phase == "evaluate":
-        result = evaluate_models(quote(config), silo_id, round_number, refs, quote(data), state)
-        return {**manifest, "status": "ok", **result}
-    report = train_silo(quote(config), silo_id, round_number, refs["global"], quote(data), state)
-    if "refused" in report:  # the silo's privacy budget: nothing was trained or charged
-        return {**manifest, "status": "sat_out", "reason": report["refused"]}
-    if config.aggregation.mode == "trusted":
-        result = report
-    else:
-        keys = advertise_keys(quote(config), silo_id, round_number, state)
-        result = {**report, "objects": keys["objects"], "bytes": keys["bytes"], "crypto_s": keys["crypto_s"]}
-    return {**manifest, "status": "ok", **result}
+    party = SiloRound(config, state, silo_id, round_number)
+    dispatch = config.dispatch
+    mailbox = SiloMailbox(party.exchange, round_number, silo_id, backoff=Backoff(cap_s=dispatch.poll_s),
+                          timeout_s=dispatch.phase_timeout_s + 60.0, stopped=_CancelWatch())
+    logger = get_run_logger()
+    answered, skipped = [], []
+    for phase in phases_for(config.aggregation.mode):
+        signed = mailbox.wait(phase)
+        if signed is None:
+            logger.info("round %d: no %s order (the round ended, or the run was stopped)", round_number, phase)
+            break
+        try:
+            party.open(phase, signed)
+        except WrongSender:  # the order is for other silos: this one was dropped from the phase
+            skipped.append(phase)
+            continue
+        except SecAggError as exc:
+            logger.warning("round %d: refusing the %s order: %s: %s", round_number, phase, type(exc).__name__, exc)
+        try:
+            mailbox.post(phase, party.answer(phase, signed))
+        except ExchangeError as exc:
+            logger.warning("round %d: could not leave the %s manifest: %s", round_number, phase, exc)
+            break
+        answered.append(phase)
+    return {"federation": federation, "round": round_number, "silo": silo_id, "answered": answered, "skipped": skipped}

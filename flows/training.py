@@ -11,7 +11,7 @@ from flows.round import phases_per_round, round_flow
 from infra.config import load_config
 from infra.progress import reporter
 from infra.state import ensure_state_dir, resolve_state_dir
-from tasks.coordinator import finish_job, start_job
+from tasks.job import finish_job, start_job
 
 
 def job_run_name() -> str:

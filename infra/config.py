@@ -41,10 +41,10 @@ from fl_core.dp.fedavg import Aggregator
 from fl_core.dp.policy import RecordPrivacy, SiloPrivacy
 from fl_core.errors import AggregationError, ConfigError, HeadroomError
 from fl_core.gate import GateSpec
+from fl_core.round_policy import RoundPolicy, build_policy
 from fl_core.schema import DataContract
 from fl_core.secagg.spec import SecureSpec
-from fl_core.seeding import derive_seed, numpy_rng
-from fl_core.specs import ModelSpec, TrainSpec
+from fl_core.specs import ModelSpec, TrainSpec, parameter_sizes
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_OVERRIDES = {"FEDSILO_TRACKING_URI": ("tracking", "uri"), "FEDSILO_EXCHANGE": ("storage", "exchange"),
@@ -128,12 +128,18 @@ class StorageConfig(_Section):
 
 
 class DispatchConfig(_Section):
-    """How the coordinator runs each silo's phase: ``in_process`` (embedded: the silo flow as a subflow
-    of the round) or ``work_pools`` (federated: the silo flow's deployment on each silo's own pool,
-    through a Prefect server)."""
+    """How the coordinator runs each silo's part of a round: ``in_process`` (embedded: every silo's
+    steps as task runs of the round, ``parallel`` silos at a time) or ``work_pools`` (federated: one
+    flow run per silo and round of the silo flow's deployment on the silo's own pool, through a
+    Prefect server, driven phase by phase through the exchange)."""
 
     mode: Literal["in_process", "work_pools"] = "in_process"
     phase_timeout_s: float = Field(default=900.0, gt=0, description="work pools: a silo not done by then is dropped")
+    parallel: int | None = Field(default=None, ge=1, le=1024, description="in process: silos served at once; "
+                                 "default four per core, at most the roster")
+    poll_s: float = Field(default=0.5, gt=0, le=30, description="work pools: the longest wait between two looks at "
+                          "the exchange for an order or a manifest (polls start at 50 ms and back off to this)")
+    create_concurrency: int = Field(default=16, ge=1, le=256, description="work pools: silo runs created at once")
 
 
 class FederationConfig(_Section):
@@ -153,6 +159,7 @@ class FederationConfig(_Section):
                                   "in a real federation")
 
     _source: Path | None = PrivateAttr(default=None)
+    _policy: RoundPolicy | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _roster(self) -> FederationConfig:
@@ -257,10 +264,30 @@ class FederationConfig(_Section):
 
     def buckets(self, round_number: int, silos: Sequence[str] | None = None) -> list[tuple[str, ...]]:
         """Bucketed mode: round `round_number`'s buckets of `silos` (the round's roster; default: every
-        configured silo), a shuffle seeded by the federation's seed and the round, so that every silo
-        can recompute (and check) what the coordinator announces."""
-        rng = numpy_rng(derive_seed(self.seed, "buckets", round_number))
-        return robust.assign_buckets(list(self.silo_ids if silos is None else silos), self.aggregation.min_bucket, rng)
+        configured silo), as `RoundPolicy.buckets` shuffles them."""
+        return self.policy().buckets(round_number, list(self.silo_ids if silos is None else silos))
+
+    def layer_sizes(self) -> tuple[int, ...]:
+        """The model's parameter sizes in flattening order (no model is built)."""
+        from fl_core.preprocess import FeatureEncoder
+
+        return parameter_sizes(self.model, FeatureEncoder(self.contract.features).n_outputs)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> FederationConfig:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._policy = None  # a copy with other settings derives its own policy
+        return copy
+
+    def policy(self) -> RoundPolicy:
+        """The round's aggregation policy (`fl_core.round_policy`), built once per loaded config."""
+        if self._policy is None:
+            a = self.aggregation
+            self._policy = build_policy(
+                mode=a.mode, rule=a.rule, robust_params=a.robust, server_lr=a.server_lr, min_silos=a.min_silos,
+                min_bucket=a.min_bucket, secure=a.secure, privacy=a.privacy, anomaly=a.anomaly, seed=self.seed,
+                rounds=self.training.rounds, layers=self.layer_sizes(), n_silos=len(self.silos),
+            )
+        return self._policy
 
     def silo(self, silo_id: str) -> SiloConfig:
         for silo in self.silos:

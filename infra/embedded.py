@@ -1,14 +1,11 @@
 """Process settings for embedded runs, applied once at the entry point.
 
-Prefect: an ephemeral API whose SQLite database lives in the state folder, tuned so that
-orchestration does not dominate a round. MLflow and Great Expectations: no telemetry (the
-machine may have no internet, and telemetry writes an id under the user's home), quiet logs.
-
-Measured on 2 cores (README, "Round overhead"): with the server's task-run recorder and event
-persister on, each silo subflow waits ~2 s on SQLite lock back-offs; with them off a subflow costs
-~150-200 ms. The price is that embedded runs keep flow runs and their logs but not task runs or
-the event feed. Sync flows also join a heartbeat thread for ~1 s at exit unless heartbeats are off,
-which Prefect only accepts in code (`embedded_prefect`).
+Prefect: a temporary local API whose SQLite database lives in the state folder (`embedded_api`,
+`infra.prefect_api`), with the task-run recorder on (the Prefect UI shows every step of every silo)
+and tuned so that orchestration does not dominate a round. MLflow and Great Expectations: no
+telemetry (the machine may have no internet, and telemetry writes an id under the user's home),
+quiet logs. Sync flows join a heartbeat thread for ~1 s at exit unless heartbeats are off, which
+Prefect only accepts in code (`embedded_prefect`).
 
 `configure_embedded` must run before `prefect` is imported: Prefect reads these settings
 from the environment once. A `PREFECT_API_URL` already in the environment is respected (the runs
@@ -19,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterator, MutableMapping
 
-from fl_core.errors import StateError
 from infra.state import StateDir
 
 QUIET_CONSOLE = {
@@ -39,8 +34,6 @@ def embedded_environment(state: StateDir) -> dict[str, str]:
     return {
         "PREFECT_HOME": str(state.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
@@ -79,34 +72,21 @@ def embedded_prefect() -> Iterator[None]:
         yield
 
 
-class EphemeralApi:
-    """Start Prefect's ephemeral API server in a background thread, so that its start-up (5-9 s,
-    ~15 s on a new state folder: a subprocess that imports the server and migrates SQLite)
-    overlaps the caller's own imports. Prefect keeps one such server per process, so the first
-    flow finds it running. Does nothing when ``PREFECT_API_URL`` names a server."""
+def embedded_api(state: StateDir):
+    """The embedded Prefect API for this process (`infra.prefect_api.LocalApi`, started in the
+    background), or None when ``PREFECT_API_URL`` names a server (the runs then go there)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from infra.prefect_api import LocalApi
 
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+    return LocalApi(log_path=state.prefect_home / "api.log").start()
 
-    def start(self) -> EphemeralApi:
-        if os.environ.get("PREFECT_API_URL"):
-            return self
 
-        def run() -> None:
-            try:
-                from prefect.server.api.server import SubprocessASGIServer
-
-                SubprocessASGIServer().start()
-            except BaseException as exc:  # reported by wait(); the flow would retry and fail loudly
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="prefect-ephemeral-api", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise StateError(f"the embedded Prefect API did not start: {self._error}") from None
+@contextlib.contextmanager
+def using_api(api) -> Iterator[None]:
+    """Wait for `api` (if any) and point Prefect's client at it inside the block."""
+    if api is None:
+        yield
+        return
+    with api.wait().settings():
+        yield

@@ -5,7 +5,8 @@ Layout (see DESIGN.md, "Exchange layout"):
     federations/<federation>/rounds/<r>/global.arrow          global model after round r (r = 0: initial)
     federations/<federation>/rounds/<r>/train/<silo>.arrow    a silo's update in round r
     federations/<federation>/rounds/<r>/evaluate/<silo>.json  a silo's evaluation report
-    federations/<federation>/rounds/<r>/manifests/<phase>/<silo>.json  what a silo's flow returned
+    federations/<federation>/rounds/<r>/orders/<phase>.json   the coordinator's signed order for a phase
+    federations/<federation>/rounds/<r>/manifests/<phase>/<silo>.json  a silo's signed answer to it
     federations/<federation>/rounds/<r>/round.json            the round record, written last (commit)
     federations/<federation>/rounds/<r>/round.json.sig        the coordinator's signature of the record
 
@@ -23,80 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
-from typing import Protocol
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from fl_core.errors import BadSignature, ConfigError, ExchangeError, IntegrityError, StaleMessage, WrongSender
+from fl_core.messages import ObjectRef
 from fl_core.secagg import crypto
+from infra.stores import LocalObjectStore, ObjectStore
 
-
-class ObjectStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
-    def get(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def delete_prefix(self, prefix: str) -> None: ...
-    def describe(self) -> str: ...
-
-
-def _check_key(key: str) -> PurePosixPath:
-    path = PurePosixPath(key)
-    if not key or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
-        raise ExchangeError(f"invalid object key {key!r}")
-    return path
-
-
-class LocalObjectStore:
-    """A folder. Writes are atomic (temp file + rename) and refuse to overwrite."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root.joinpath(*_check_key(key).parts)
-
-    def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        if path.exists():
-            raise ExchangeError(f"{key}: already in the exchange; objects are written once")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ExchangeError(f"{key}: cannot write to the exchange at {self.root} ({exc.strerror or exc})") from None
-
-    def get(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise ExchangeError(f"{key}: not in the exchange at {self.root}") from None
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).exists()
-
-    def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        if not base.exists():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
-        )
-
-    def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
-
-    def describe(self) -> str:
-        return str(self.root)
+__all__ = ["Exchange", "LocalObjectStore", "ObjectRef", "ObjectStore", "exchange_for", "open_store"]
 
 
 def open_store(location: str, *, endpoint_url: str | None = None, region: str | None = None) -> ObjectStore:
@@ -111,23 +49,6 @@ def open_store(location: str, *, endpoint_url: str | None = None, region: str | 
         scheme = location.split("://", 1)[0]
         raise ConfigError(f"storage.exchange = {location!r}: the {scheme}:// exchange is not available in this version")
     return LocalObjectStore(Path(location.removeprefix("file://")).expanduser())
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ObjectRef:
-    key: str
-    sha256: str
-    size: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> ObjectRef:
-        try:
-            return cls(key=str(raw["key"]), sha256=str(raw["sha256"]), size=int(raw["size"]))
-        except (KeyError, TypeError, ValueError):
-            raise ExchangeError(f"malformed object reference: {sorted(raw) if isinstance(raw, dict) else raw!r}") from None
 
 
 def _digest(data: bytes) -> str:
@@ -155,9 +76,19 @@ class Exchange:
     def evaluation_key(self, round_number: int, silo: str) -> str:
         return f"{self.round_prefix(round_number)}/evaluate/{silo}.json"
 
+    def manifests_prefix(self, round_number: int, phase: str) -> str:
+        return f"{self.round_prefix(round_number)}/manifests/{phase}"
+
     def manifest_key(self, round_number: int, phase: str, silo: str) -> str:
-        """A silo's JSON manifest of one phase, as its flow returned it (read by a work-pool dispatcher)."""
-        return f"{self.round_prefix(round_number)}/manifests/{phase}/{silo}.json"
+        """A silo's signed manifest of one phase (federated mode: the coordinator reads it here)."""
+        return f"{self.manifests_prefix(round_number, phase)}/{silo}.json"
+
+    def orders_prefix(self, round_number: int) -> str:
+        return f"{self.round_prefix(round_number)}/orders"
+
+    def order_key(self, round_number: int, phase: str) -> str:
+        """The coordinator's signed order for one phase (federated mode: the silos' runs read it here)."""
+        return f"{self.orders_prefix(round_number)}/{phase}.json"
 
     def record_key(self, round_number: int) -> str:
         return f"{self.round_prefix(round_number)}/round.json"

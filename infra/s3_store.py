@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fl_core.errors import ConfigError, ExchangeError
-from infra.exchange import _check_key
+from infra.stores import check_key
 
 MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 8 * MiB  # objects larger than this are uploaded in parts
@@ -133,7 +133,7 @@ class S3ObjectStore:
         if multipart_threshold < 1:
             raise ConfigError(f"S3 multipart threshold {multipart_threshold} must be positive")
         self.bucket = bucket
-        self.prefix = _check_key(prefix.strip("/")).as_posix() if prefix.strip("/") else ""
+        self.prefix = check_key(prefix.strip("/")).as_posix() if prefix.strip("/") else ""
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self._bucket_seen = False
@@ -147,7 +147,7 @@ class S3ObjectStore:
 
     # -- keys ---------------------------------------------------------------------------------------
     def _key(self, key: str) -> str:
-        key = _check_key(key).as_posix()  # 'a//b' and './a' name the same object as in the folder store
+        key = check_key(key).as_posix()  # 'a//b' and './a' name the same object as in the folder store
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _relative(self, s3_key: str) -> str:

@@ -1,5 +1,5 @@
 """The hardened silo runner: `fedsilo silo serve CONFIG --silo ID`, a long-lived process on the
-silo's side that runs the silo's phases of every round in itself, in place of a Prefect worker.
+silo's side that runs the silo's part of every round in itself, in place of a Prefect worker.
 
 Why: a Prefect work pool is not a trust boundary. A process worker does what the deployment and
 the run say — pull steps, job variables — and whoever may edit deployments on the server can make it
@@ -12,17 +12,19 @@ run that names another federation or silo, or carries parameters the silo flow d
 flow itself then verifies the coordinator's signed order before acting, as it does under a worker.
 
 It is also the fast path: the flow runs in this process (no interpreter start, no imports per
-phase), so a phase costs the API calls of one flow run plus the work. The runner hears about new runs
+round), so a round costs the API calls of one flow run plus the work. The runner hears about new runs
 on Prefect's event stream (a ``prefect.flow-run.Scheduled`` event related to its deployment) and
 also looks every `poll_s` seconds (a read), in case an event was missed. Runs are taken one at a
-time, in the order they were scheduled. A run is claimed by moving it to Pending, which the server grants
-to one claimant only; the coordinator's phase deadline still applies (a run this runner could not
-start in time is cancelled by the coordinator and skipped here).
+time, in the order they were scheduled (one round at a time: a silo's run lives for its round). A run
+is claimed by moving it to Pending, which the server grants to one claimant only; the coordinator's
+phase deadline still applies (a run this runner could not start in time misses the phase and the
+silo is dropped from it).
 
 Limits: one process, one run at a time; a flow that crashes the interpreter takes the runner down
-(restart it; the coordinator counts the silo as dropped for that phase). A run already executing
-cannot be interrupted by a cancellation request; if the coordinator gave up on it, its late manifest
-is ignored there (the round has moved on).
+(restart it; the coordinator counts the silo as dropped for the phase it was in). A run executing
+here is not interrupted by a cancellation request: the silo flow looks at its own state while it
+waits for orders and stops when asked; a late manifest is ignored by the coordinator (the round has
+moved on).
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fl_core.errors import ConfigError
 from infra.config import load_config
 from infra.workpools import silo_deployment
 
-PARAMETERS = frozenset({"federation", "silo_id", "round_number", "phase", "order", "config_path"})
+PARAMETERS = frozenset({"federation", "silo_id", "round_number", "config_path"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +56,14 @@ class RunReport:
 
 
 class SiloRunner:
-    def __init__(self, config_path: Path, silo_id: str, poll_s: float = 2.0,
+    def __init__(self, config_path: Path, silo_id: str, silo_flow: Callable, poll_s: float = 2.0,
                  on_run: Callable[[RunReport], None] | None = None):
+        """`silo_flow`: the flow this runner runs (`flows.silo.silo_flow`, passed in from the flow side)."""
         self.config = load_config(config_path)
         self.config.silo(silo_id)  # a ConfigError naming the silos if it is not in the config
         self.config_path = str(Path(config_path).resolve())
         self.silo = silo_id
+        self.silo_flow = silo_flow
         self.deployment = f"silo/{silo_deployment(self.config.federation, silo_id)}"
         self.poll_s = poll_s
         self.on_run = on_run or (lambda report: None)
@@ -129,7 +133,7 @@ class SiloRunner:
         due = FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(timezone.utc)),
+            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=datetime.now(UTC)),
         )
         return client.read_flow_runs(flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
 
@@ -152,8 +156,6 @@ class SiloRunner:
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
         from prefect.states import Cancelled, Failed
 
-        from flows.silo import silo_flow
-
         began = time.perf_counter()
         parameters = dict(run.parameters)
         why = self.refusal(parameters)
@@ -163,7 +165,7 @@ class SiloRunner:
         parameters["config_path"] = self.config_path  # the silo's own config, whatever the run says
         # heartbeats off: a sync flow otherwise joins its heartbeat thread for ~1 s at exit
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            state = run_flow(silo_flow, flow_run=run, parameters=parameters, return_type="state")
+            state = run_flow(self.silo_flow, flow_run=run, parameters=parameters, return_type="state")
         if client.read_flow_run(run.id).state.type == StateType.CANCELLING:
             # asked to cancel while it ran here (a flow in this process cannot be interrupted): it has
             # ended now, and what it wrote is ignored by the coordinator, which gave up on it

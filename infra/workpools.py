@@ -9,14 +9,17 @@ refuses a deployment or a run that tries to set them. A pool that already exists
 owner made it. (A pool is still not a trust boundary — whoever may create deployments on it can add
 pull steps — so the silo flow checks its parameters and the coordinator's signatures itself.)
 
-`WorkPoolDispatcher` follows the Prefect notes for a SQLite-backed server: it creates the phase's
-flow runs one at a time (concurrent creations earn 503s; a 503 is retried after tens of
-milliseconds, not Prefect's 2 s back-off), then waits for all of them together, event-driven
-(`wait_for_flow_run`), with one deadline for the phase. A run that fails, crashes, is cancelled or
-misses the deadline (it is then cancelled) makes that silo an outcome without a manifest: dropped
-for the phase, with the reason, and secure aggregation recovers it. A completed run's manifest is
-read from the exchange, where the silo flow left it as JSON — the coordinator never unpickles a
-Prefect result from a silo.
+`WorkPoolDispatcher` runs each silo's part of a round as one flow run of the silo's deployment
+(``<federation>/r<round>/<silo>``): it creates the round's runs all at once when the round opens
+(concurrent requests: the server runs on PostgreSQL), each linked to the round's flow run as its
+child (`arun_deployment`, which records the parent task run), and then drives the phases through
+the exchange (`infra.mailbox`): each phase's signed order is written once, and the silos' signed
+manifests are collected as they arrive, with one deadline per phase. A silo whose run could not be
+created, whose run ended (failed, crashed, cancelled) without answering, or that misses the deadline
+is a delivery without a manifest: dropped for the phase, with the reason, and secure aggregation
+recovers it. When the round closes the coordinator writes the end order and ends the runs that do
+not stop by themselves. The coordinator never reads a Prefect result of a silo, let alone unpickles
+one: manifests are signed JSON in the exchange.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,15 +35,15 @@ from pathlib import Path
 
 from fl_core.errors import FedsiloError
 from infra.config import FederationConfig
-from infra.dispatch import SiloCall, SiloOutcome, describe_error, silo_run_name
+from infra.dispatch import Delivery, PhaseCall, describe_error
 from infra.exchange import Exchange
+from infra.mailbox import Backoff, CoordinatorMailbox
 
 REPO = Path(__file__).resolve().parent.parent
 COORDINATOR_POOL = "fedsilo-coordinator"
 
 
 ENGINE_COMMAND = "python -m prefect.engine"
-CREATE_ATTEMPTS = 10
 
 
 def locked_template() -> dict:
@@ -115,7 +117,7 @@ def deploy(config: FederationConfig, config_path: Path, cron: str | None = None,
         with quiet():
             silo_source.deploy(name=name, work_pool_name=silo.pool_name, build=False, push=False,
                                print_next_steps=False, ignore_warnings=True,
-                               description=f"silo {silo.id} of federation {config.federation}: one phase of one round")
+                               description=f"silo {silo.id} of federation {config.federation}: its part of one round")
         names.append(f"silo/{name}")
     training = flow.from_source(source=str(REPO), entrypoint="flows/training.py:training_flow")
     name = training_deployment(config.federation)
@@ -157,93 +159,171 @@ def missing_deployments(config: FederationConfig) -> list[str]:
 
 
 class WorkPoolDispatcher:
-    """Runs each silo's phase as a run of its deployment on its own pool (see the module docstring)."""
+    """Each silo's part of a round as one flow run of its deployment on its own pool, driven phase by
+    phase through the exchange (see the module docstring)."""
 
     def __init__(self, config: FederationConfig, exchange: Exchange):
         self.config = config
         self.exchange = exchange
         self.timeout_s = config.dispatch.phase_timeout_s
+        self.backoff = Backoff(cap_s=config.dispatch.poll_s)
         self._deployments: dict[str, object] = {}  # silo -> its deployment's id, read once
+        self.round_number: int | None = None
+        self.runs: dict[str, object] = {}  # silo -> its flow run's id, this round
+        self.unavailable: dict[str, str] = {}  # silo -> why it has no run this round
+        self.mailbox: CoordinatorMailbox | None = None
 
-    def run(self, calls: Sequence[SiloCall], on_done: Callable[[SiloOutcome], None] | None = None) -> list[SiloOutcome]:
+    # -- a round's runs ------------------------------------------------------------------------------
+    def open_round(self, round_number: int, silos: Sequence[str]) -> None:
+        """Create every silo's flow run of the round at once (at most `create_concurrency` requests in
+        flight), each linked to the calling round's flow run as its child in the run graph."""
+        self.round_number, self.runs, self.unavailable = round_number, {}, {}
+        self.mailbox = CoordinatorMailbox(self.exchange, round_number)
+        created = asyncio.run(self._create_all(round_number, list(silos)))
+        for silo, (run_id, error) in created.items():
+            if run_id is not None:
+                self.runs[silo] = run_id
+            else:
+                self.unavailable[silo] = f"could not start its flow run: {error}"
+
+    async def _create_all(self, round_number: int, silos: list[str]) -> dict[str, tuple[object | None, str | None]]:
         from prefect.client.orchestration import get_client
+        from prefect.deployments import arun_deployment
 
-        outcomes: dict[str, SiloOutcome] = {}
-        started: dict[str, tuple[object, float]] = {}
-        attempt = uuid.uuid4().hex  # idempotency keys of this dispatch: a retried creation makes no second run
-        with get_client(sync_client=True) as client:
-            for call in calls:  # one at a time: a SQLite-backed server answers concurrent creations with 503s
-                began = time.perf_counter()
-                try:
-                    run_id = self._create(client, call, f"{silo_run_name(call.parameters)}:{attempt}")
-                    started[call.silo_id] = (run_id, began)
-                except Exception as exc:  # no deployment, server refused: the silo cannot take part in this phase
-                    outcomes[call.silo_id] = SiloOutcome(silo_id=call.silo_id, manifest=None,
-                                                         error=f"could not start its flow run: {describe_error(exc)}")
-        finished = asyncio.run(self._wait(started)) if started else {}
-        for call in calls:
-            if call.silo_id not in outcomes:
-                outcomes[call.silo_id] = self._outcome(call, *finished[call.silo_id])
-            if on_done is not None:
-                on_done(outcomes[call.silo_id])
-        return [outcomes[call.silo_id] for call in calls]
+        attempt = uuid.uuid4().hex  # idempotency keys of this attempt: a retried creation makes no second run
+        gate = asyncio.Semaphore(self.config.dispatch.create_concurrency)
+        config_path = str(self.config.source) if self.config.source else ""
+        async with get_client() as client:
+            async def one(silo: str) -> tuple[str, tuple[object | None, str | None]]:
+                name = silo_run_name(self.config.federation, round_number, silo)
+                async with gate:
+                    try:
+                        deployment = await self._deployment_id(client, silo)
+                        run = await arun_deployment(
+                            deployment, client=client, timeout=0, flow_run_name=name,
+                            parameters={"federation": self.config.federation, "silo_id": silo,
+                                        "round_number": round_number, "config_path": config_path},
+                            idempotency_key=f"{name}:{attempt}",
+                            tags=["fedsilo", f"silo:{silo}", f"round:{round_number}"],
+                        )
+                        return silo, (run.id, None)
+                    except Exception as exc:  # no deployment, server refused: the silo sits this round out
+                        return silo, (None, describe_error(exc))
 
-    def _deployment_id(self, client, silo: str):
+            return dict(await asyncio.gather(*(one(silo) for silo in silos)))
+
+    async def _deployment_id(self, client, silo: str):
         if silo not in self._deployments:
-            self._deployments[silo] = client.read_deployment_by_name(f"silo/{silo_deployment(self.config.federation, silo)}").id
+            deployment = await client.read_deployment_by_name(f"silo/{silo_deployment(self.config.federation, silo)}")
+            self._deployments[silo] = deployment.id
         return self._deployments[silo]
 
-    def _create(self, client, call: SiloCall, idempotency_key: str):
-        """Create the silo's flow run (``POST /deployments/{id}/create_flow_run``, as Prefect's client
-        does). A 503 — SQLite busy: another writer got in between the server's read and its write — is
-        retried here after tens of milliseconds; Prefect's client sleeps 2 s, then 4 s, before any retry
-        (even with retries off), and on a busy one-machine server those sleeps were most of a phase."""
-        import httpx
-        from prefect.client.schemas.actions import DeploymentFlowRunCreate
-        from prefect.states import Scheduled, to_state_create
-
-        payload = DeploymentFlowRunCreate(
-            parameters=call.parameters, name=silo_run_name(call.parameters), idempotency_key=idempotency_key,
-            tags=["fedsilo", f"silo:{call.silo_id}"], state=to_state_create(Scheduled()),
-        ).model_dump(mode="json", exclude_unset=True)
-        http = client._client  # the client's configured httpx session (base URL, auth); sent without its retry loop
-        request = http.build_request("POST", f"/deployments/{self._deployment_id(client, call.silo_id)}/create_flow_run",
-                                     json=payload)
-        delay = 0.05
-        for _ in range(CREATE_ATTEMPTS):
-            response = httpx.Client.send(http, request)
-            if response.status_code != 503:
-                break
-            time.sleep(delay * (1 + random.random()))
-            delay = min(2 * delay, 1.0)
-        response.raise_for_status()
-        return response.json()["id"]
-
-    async def _wait(self, started: dict[str, tuple[object, float]]) -> dict[str, tuple[object | None, str | None, float]]:
+    # -- one phase -----------------------------------------------------------------------------------
+    def run(self, call: PhaseCall, on_done: Callable[[Delivery], None] | None = None) -> list[Delivery]:
+        """Publish the phase's order, then collect the named silos' manifests as they arrive, until all
+        are in, their runs have ended, or the phase's deadline has passed."""
         from prefect.client.orchestration import get_client
-        from prefect.exceptions import FlowRunWaitTimeout
-        from prefect.flow_runs import wait_for_flow_run
 
+        mailbox = self.mailbox
+        mailbox.publish(call.phase, call.signed)
+        began = time.perf_counter()
+        deliveries: dict[str, Delivery] = {}
+
+        def deliver(delivery: Delivery) -> None:
+            deliveries[delivery.silo_id] = delivery
+            if on_done is not None:
+                on_done(delivery)
+
+        pending = []
+        for silo in call.order.silos:
+            if silo in self.unavailable or silo not in self.runs:
+                deliver(Delivery(silo_id=silo, signed=None, error=self.unavailable.get(silo, "no flow run this round")))
+            else:
+                pending.append(silo)
         deadline = time.monotonic() + self.timeout_s
+        next_check = time.monotonic() + 1.0
+        with get_client(sync_client=True) as client:
+            for delay in self.backoff.delays():
+                if not pending:
+                    break
+                arrived = mailbox.arrived(call.phase)
+                for silo in [s for s in pending if s in arrived]:
+                    pending.remove(silo)
+                    signed = mailbox.read(call.phase, silo)
+                    deliver(Delivery(silo_id=silo, signed=signed, error=None if signed else "manifest is not JSON",
+                                     wall_s=time.perf_counter() - began))
+                if not pending:
+                    break
+                now = time.monotonic()
+                if now > deadline:
+                    for silo in pending:
+                        deliver(Delivery(silo_id=silo, signed=None, wall_s=time.perf_counter() - began,
+                                         error=f"missed the phase's deadline ({self.timeout_s:g} s)"))
+                    pending = []
+                    break
+                if now >= next_check:  # a run that ended without answering will not answer
+                    next_check = now + 1.0
+                    ended = self._ended(client, pending)
+                    if ended:
+                        arrived = mailbox.arrived(call.phase)  # its manifest may have landed just before it ended
+                        for silo, why in ended.items():
+                            if silo not in arrived:
+                                pending.remove(silo)
+                                deliver(Delivery(silo_id=silo, signed=None, error=why,
+                                                 wall_s=time.perf_counter() - began))
+                time.sleep(delay)
+        return [deliveries[silo] for silo in call.order.silos]
 
+    def _ended(self, client, silos: list[str]) -> dict[str, str]:
+        """The silos among `silos` whose run is in a final state, with how it ended."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        ids = {self.runs[s]: s for s in silos}
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(ids))))
+        out = {}
+        for run in runs:
+            if run.state is not None and run.state.is_final():
+                message = f": {run.state.message}" if run.state.message else ""
+                out[ids[run.id]] = f"its flow run {run.name} ended {run.state.type.value.lower()}{message}"
+        return out
+
+    def close_round(self, end: PhaseCall | None, grace_s: float = 10.0) -> None:
+        """Tell the silos' runs the round is over (the end order), give them `grace_s` to finish, then
+        end the ones still going (cancelled outright if no worker claimed them)."""
+        if self.mailbox is None or not self.runs:
+            return
+        if end is not None:
+            try:
+                self.mailbox.publish(end.phase, end.signed)
+            except FedsiloError:
+                pass  # already ended: the runs stop on the end order that is there
+        asyncio.run(self._wind_down(grace_s))
+        self.mailbox, self.runs = None, {}
+
+    async def _wind_down(self, grace_s: float) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        deadline = time.monotonic() + grace_s
         async with get_client() as client:
-            async def one(silo: str, run_id, began: float):
-                try:
-                    run = await wait_for_flow_run(run_id, timeout=max(1, int(deadline - time.monotonic())), client=client)
-                    return silo, (run, None, time.perf_counter() - began)
-                except FlowRunWaitTimeout:
-                    await _end_run(client, await client.read_flow_run(run_id), "phase timeout")
-                    return silo, (None, f"timed out after {self.timeout_s:g} s (its run was cancelled)",
-                                  time.perf_counter() - began)
-
-            results = await asyncio.gather(*(one(silo, run_id, began) for silo, (run_id, began) in started.items()))
-        return dict(results)
+            while True:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(self.runs.values()))))
+                going = [run for run in runs if run.state is None or not run.state.is_final()]
+                if not going:
+                    return
+                if time.monotonic() > deadline:
+                    for run in going:
+                        await _end_run(client, run, "the round ended without it")
+                    return
+                await asyncio.sleep(0.2)
 
     def settle(self, grace_s: float = 30.0) -> list[str]:
         """Before a round: end every silo run of this federation that is not finished — left behind by
-        a coordinator that died mid-phase — so that none of them writes into the round being redone.
+        a coordinator that died mid-round — so that none of them writes into the round being redone.
         A run no worker has claimed is cancelled at once; a running one is asked to cancel (its worker
-        stops the process) and awaited up to `grace_s`. Returns the names of the runs it ended."""
+        stops the process; a served run sees it and stops) and awaited up to `grace_s`. Returns the
+        names of the runs it ended."""
         return asyncio.run(self._settle(grace_s))
 
     async def _settle(self, grace_s: float) -> list[str]:
@@ -273,22 +353,10 @@ class WorkPoolDispatcher:
                     await wait_for_flow_run(run.id, timeout=max(1, int(deadline - time.monotonic())), client=client)
         return [run.name for run in runs]
 
-    def _outcome(self, call: SiloCall, run, error: str | None, wall: float) -> SiloOutcome:
-        silo = call.silo_id
-        if run is None:
-            return SiloOutcome(silo_id=silo, manifest=None, error=error, wall_s=wall)
-        state = run.state
-        if state is None or not state.is_completed():
-            kind = state.type.value.lower() if state is not None else "unknown"
-            message = f": {state.message}" if state is not None and state.message else ""
-            return SiloOutcome(silo_id=silo, manifest=None, error=f"flow run {run.name} ended {kind}{message}", wall_s=wall)
-        p = call.parameters
-        try:
-            manifest = self.exchange.read_json_key(self.exchange.manifest_key(p["round_number"], p["phase"], silo))
-        except Exception as exc:  # completed without leaving its manifest: treated as no answer
-            return SiloOutcome(silo_id=silo, manifest=None, error=f"no manifest in the exchange: {describe_error(exc)}",
-                               wall_s=wall)
-        return SiloOutcome(silo_id=silo, manifest=manifest, wall_s=wall)
+
+def silo_run_name(federation: str, round_number: int, silo: str) -> str:
+    """The name of a silo's flow run of a round (as the silo flow names itself)."""
+    return f"{federation}/r{round_number:03d}/{silo}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,29 +21,30 @@ from dataclasses import dataclass, field, replace
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fl_core import robust
 from fl_core.dp.distributed import noise_rng
 from fl_core.errors import ThresholdError, TooFewUpdates
+from fl_core.messages import BucketSum, ProtocolResult, SecAggStats
 from fl_core.quorum import require_quorum
+from fl_core.round_policy import Instance
 from fl_core.secagg import client, crypto, server
 from fl_core.secagg.client import RoundContext
-from fl_core.secagg.weighting import mean_update
 from infra.config import FederationConfig
-from infra.dispatch import SiloOutcome
 from infra.exchange import Exchange, exchange_for
 from infra.keystore import coordinator_identity
 from infra.secagg_channel import COORDINATOR, SecAggChannel, instance_name
 from infra.state import StateDir
+from tasks.aggregate import Aggregate, excluded_reasons, log_anomaly
 from tasks.common import binding
-from tasks.coordinator import Aggregate, Participation, RoundPlan, privacy_spent, score_merge, sort_outcomes
-from tasks.privacy import SiloLevel, charge
+from tasks.participation import Participation, privacy_spent, sort_outcomes
+from tasks.plan import RoundPlan
+from tasks.privacy import charge
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Bucket:
-    """One instance of the protocol: the whole roster (secure mode, ``index`` None) or bucket ``index``."""
+    """One instance of the protocol in progress: the whole roster (secure mode) or one bucket."""
 
-    index: int | None
+    instance: Instance
     ctx: RoundContext
     weight_scale: float = 1.0  # the largest n_samples in U1: weights travel as n / weight_scale
     identities: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -52,11 +53,21 @@ class Bucket:
     masked: server.Masked | None = None
 
     @property
+    def index(self) -> int | None:
+        return self.instance.index
+
+    @property
     def name(self) -> str:
-        return "sum" if self.index is None else f"bucket-{self.index}"
+        return self.instance.name
 
     def channel(self, exchange: Exchange) -> SecAggChannel:
         return SecAggChannel(exchange, self.ctx.round_number, self.index)
+
+    @classmethod
+    def of(cls, federation: str, round_number: int, instance: Instance) -> Bucket:
+        ctx = RoundContext(federation=instance_name(federation, instance.index), round_number=round_number,
+                           roster=instance.silos, threshold=instance.threshold)
+        return cls(instance=instance, ctx=ctx)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +78,7 @@ class SecureRound:
     length: int
     buckets: tuple[Bucket, ...]  # the instances still running
     keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # the roster's identity keys
-    train: dict[str, dict] = field(default_factory=dict)  # train manifests of the participants
+    training: Participation | None = None  # the train phase: who trained, with which results
     validations: dict[str, dict] = field(default_factory=dict)
     out: dict[str, str] = field(default_factory=dict)  # silo -> why it is not in the sum
     lost: dict[str, str] = field(default_factory=dict)  # bucket -> why it left the round
@@ -99,13 +110,13 @@ def _announce(config: FederationConfig, state: StateDir, buckets: Sequence[Bucke
         bucket.channel(exchange).publish_set(name, envelope)
 
 
-def _answered(sr: SecureRound, outcomes: list[SiloOutcome], phase: str, federation: str) -> tuple[SecureRound, Participation]:
+def _answered(sr: SecureRound, outcomes: list, phase: str) -> tuple[SecureRound, Participation]:
     """Fold a phase's outcomes into the round: who answered, who dropped (and why), bytes sent."""
-    got = sort_outcomes(outcomes, federation, sr.round_number, phase)
+    got = sort_outcomes(outcomes)
     out = {**sr.out, **{s: f"dropped at {phase}: {why}" for s, why in got.out.items()}}
     sent = dict(sr.bytes)
     for silo, manifest in got.manifests.items():
-        sent[silo] = sent.get(silo, 0) + int(manifest.get("bytes", 0))
+        sent[silo] = sent.get(silo, 0) + manifest.result.bytes
     return replace(sr, out=out, bytes=sent), got
 
 
@@ -140,68 +151,61 @@ def _advance(sr: SecureRound, phase: str, step: Step) -> SecureRound:
 
 def _quorum(config: FederationConfig, sr: SecureRound, silos: list[str], phase: str) -> None:
     """Enough silos for the federation, and in bucketed mode enough buckets for the robust rule."""
+    policy = config.policy()
     where = f"round {sr.round_number} {phase}"
-    require_quorum(silos, sr.out, config.aggregation.min_silos, where)
-    if config.aggregation.mode != "bucketed":
+    require_quorum(silos, sr.out, policy.min_silos, where)
+    if policy.mode != "bucketed":
         return
-    aggregation, n = config.aggregation, len(sr.buckets)
+    n = len(sr.buckets)
     lost = "; ".join(sr.lost.values()) or "none lost"
     if n == 0:
         raise TooFewUpdates(f"{where}: no bucket left ({lost})")
     try:
-        tolerated = robust.tolerated_faults(aggregation.rule, n, **aggregation.robust)
+        policy.tolerated(n)
     except TooFewUpdates as exc:
         raise TooFewUpdates(f"{where}: {n} bucket(s) left ({lost}); {exc}") from None
-    f = aggregation.robust.get("f")
-    if f is not None and f > tolerated:
-        raise TooFewUpdates(f"{where}: {n} bucket(s) left ({lost}); {aggregation.rule} with f = {f} needs more")
 
 
-@task(name="secure-open", cache_policy=NONE, persist_result=False)
-def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan, n_parameters: int) -> SecureRound:
+@task(name="secure-open", task_run_name="secure-open", cache_policy=NONE, persist_result=False)
+def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan) -> SecureRound:
     """Publish the round's signed plan: the roster's silos and threshold, or the buckets with theirs;
     vector length; clipping and quantisation; silo-level DP."""
-    spec, r = config.aggregation.secure, plan.round_number
-    require_quorum(list(plan.silos), plan.absent, config.aggregation.min_silos, f"round {r} roster")
-    whole = RoundContext(federation=config.federation, round_number=r, roster=tuple(plan.silos),
-                         threshold=spec.threshold_for(len(plan.silos)))
-    body: dict = {"roster": list(whole.roster)}
-    if config.aggregation.mode == "bucketed":
-        buckets = tuple(
-            Bucket(index=k, ctx=RoundContext(federation=instance_name(config.federation, k), round_number=r,
-                                             roster=members, threshold=spec.threshold_for(len(members))))
-            for k, members in enumerate(config.buckets(r, plan.silos))
-        )
-        body["buckets"] = [{"silos": list(b.ctx.roster), "threshold": b.ctx.threshold} for b in buckets]
-        get_run_logger().info("round %d buckets: %s", r, "; ".join(f"{b.name} {','.join(b.ctx.roster)}" for b in buckets))
+    policy, r = config.policy(), plan.round_number
+    require_quorum(list(plan.silos), plan.absent, policy.min_silos, f"round {r} roster")
+    instances = policy.instances(r, plan.silos)
+    whole = Bucket.of(config.federation, r, Instance(index=None, silos=tuple(plan.silos),
+                                                     threshold=policy.secure.threshold_for(len(plan.silos))))
+    body: dict = {"roster": list(plan.silos)}
+    if policy.mode == "bucketed":
+        body["buckets"] = [{"silos": list(i.silos), "threshold": i.threshold} for i in instances]
+        get_run_logger().info("round %d buckets: %s", r, "; ".join(f"{i.name} {','.join(i.silos)}" for i in instances))
     else:
-        buckets = (Bucket(index=None, ctx=whole),)
-        body["threshold"] = whole.threshold
-    sr = SecureRound(round_number=r, length=n_parameters + 1, buckets=buckets, keys=plan.keys)
-    body.update({"length": sr.length, "clip_norm": spec.clip_norm, "bits": spec.bits})
-    level = SiloLevel.of(config, n_parameters)
-    if level is not None:
-        body["privacy"] = level.plan()
-    _announce(config, state, [Bucket(index=None, ctx=whole)], "plan", lambda _: body)
+        body["threshold"] = instances[0].threshold
+    buckets = tuple(Bucket.of(config.federation, r, i) for i in instances)
+    sr = SecureRound(round_number=r, length=policy.length, buckets=buckets, keys=plan.keys)
+    body.update({"length": sr.length, "clip_norm": policy.secure.clip_norm, "bits": policy.secure.bits})
+    if policy.privacy is not None:
+        body["privacy"] = policy.plan_privacy()
+    _announce(config, state, [whole], "plan", lambda _: body)
     return sr
 
 
-@task(name="secure-keys", cache_policy=NONE, persist_result=False)
-def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
+@task(name="check-keys", task_run_name="check-keys", cache_policy=NONE, persist_result=False)
+def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list) -> SecureRound:
     """Verify the advertised keys (U1) and announce U1 with identities and the weight scale."""
     r = sr.round_number
-    got = sort_outcomes(outcomes, config.federation, r, "train")
-    sr = replace(sr, train=got.manifests, validations=got.validations,
+    got = sort_outcomes(outcomes)
+    sr = replace(sr, training=got, validations=dict(got.validations),
                  out={s: f"dropped at train: {why}" for s, why in got.out.items()},
-                 bytes={s: int(m.get("bytes", 0)) for s, m in got.manifests.items()})
-    require_quorum(got.silos_in, sr.out, config.aggregation.min_silos, f"round {r} training")
+                 bytes={s: got.train(s).bytes for s in got.manifests})
+    require_quorum(got.silos_in, sr.out, config.policy().min_silos, f"round {r} training")
     exchange = exchange_for(config, state)
     identities = {s: sr.keys[s] for s in got.silos_in if s in sr.keys}
 
     def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
         present = [s for s in got.silos_in if s in bucket.ctx.roster]
         adverts = server.collect_adverts(bucket.ctx, bucket.channel(exchange).read(client.KEYS, present), identities)
-        scale = max(float(sr.train[s]["n_samples"]) for s in adverts.u1)
+        scale = config.policy().weight_scale_for([got.train(s).n_samples for s in adverts.u1])
         return replace(bucket, adverts=adverts, identities={s: identities[s] for s in adverts.u1}, weight_scale=scale), \
             adverts.rejected
 
@@ -214,9 +218,9 @@ def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outc
     return sr
 
 
-@task(name="secure-shares", cache_policy=NONE, persist_result=False)
-def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
-    sr, got = _answered(sr, outcomes, "shares", config.federation)
+@task(name="check-shares", task_run_name="check-shares", cache_policy=NONE, persist_result=False)
+def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list) -> SecureRound:
+    sr, got = _answered(sr, outcomes, "shares")
     answered = got.silos_in
     exchange = exchange_for(config, state)
 
@@ -232,12 +236,12 @@ def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, ou
     return sr
 
 
-@task(name="secure-masked", cache_policy=NONE, persist_result=False)
-def secure_masked(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list[SiloOutcome]) -> SecureRound:
+@task(name="check-masked", task_run_name="check-masked", cache_policy=NONE, persist_result=False)
+def secure_masked(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list) -> SecureRound:
     """Verify and sum the masked inputs; announce the survivors and the dropped (U3, D)."""
-    sr, got = _answered(sr, outcomes, "masked", config.federation)
+    sr, got = _answered(sr, outcomes, "masked")
     answered = got.silos_in
-    clipped = {s: bool(m.get("clipped")) for s, m in got.manifests.items()}
+    clipped = {s: _protocol(m).clipped for s, m in got.manifests.items()}
     exchange = exchange_for(config, state)
 
     def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
@@ -252,17 +256,22 @@ def secure_masked(config: FederationConfig, state: StateDir, sr: SecureRound, ou
     return sr
 
 
-@task(name="secure-unmask", cache_policy=NONE, persist_result=False)
-def secure_unmask(
-    config: FederationConfig, state: StateDir, sr: SecureRound, plan: RoundPlan, outcomes: list[SiloOutcome]
-) -> Aggregate:
-    """Remove the masks, decode the sum(s), merge (FedAvg step, or the robust rule over bucket means)
-    and publish the new global model."""
+def _protocol(manifest) -> ProtocolResult:
+    if not isinstance(manifest.result, ProtocolResult):
+        raise TypeError(f"{manifest.silo}'s manifest is not a protocol manifest")
+    return manifest.result
+
+
+@task(name="unmask-sum", task_run_name="unmask-sum", cache_policy=NONE, persist_result=False)
+def secure_unmask(config: FederationConfig, state: StateDir, sr: SecureRound, plan: RoundPlan, outcomes: list) -> Aggregate:
+    """Remove the masks, decode the sum(s), merge by the round's policy (the one sum, or the robust
+    rule over bucket means with anomaly screening), take the server step, publish the new global model."""
     began = time.perf_counter()
-    sr, got = _answered(sr, outcomes, "unmask", config.federation)
+    sr, got = _answered(sr, outcomes, "unmask")
     answered = got.silos_in
     r = sr.round_number
     exchange = exchange_for(config, state)
+    policy = config.policy()
     results: dict[str, server.Unmasked] = {}
 
     def step(bucket: Bucket) -> tuple[Bucket, dict[str, str]]:
@@ -273,56 +282,38 @@ def secure_unmask(
 
     sr = _advance(sr, "unmasking", step)
     _quorum(config, sr, sr.survivors, "unmasking")
-    quantizer = config.aggregation.secure.quantizer()
-    level = SiloLevel.of(config, plan.n_parameters)
-    anomaly, excluded = None, []
-    if config.aggregation.mode == "bucketed":
-        names = [b.name for b in sr.buckets]
-        means, weights = [], []
-        for bucket in sr.buckets:
-            mean, weight = mean_update(quantizer.decode_sum(results[bucket.name].total))
-            means.append(mean)
-            weights.append(weight * bucket.weight_scale)  # Σ n_samples of the bucket's survivors
-        merge = config.aggregation.merge_rule()
-        mean_delta = merge(means, weights)
-        if config.aggregation.anomaly is not None:
-            members = {b.name: results[b.name].survivors for b in sr.buckets}
-            anomaly, mean_delta, excluded = score_merge(config, plan, names, means, weights, mean_delta, merge, members)
-        del means
-    else:
-        decoded = quantizer.decode_sum(results["sum"].total)
-        if level is not None and level.central_std() > 0:  # central placement: noise on the decoded weighted sum
-            decoded[:-1] += noise_rng().normal(0.0, level.central_std(), size=len(decoded) - 1)
-        mean_delta, _ = mean_update(decoded)
-        del decoded
+    rng = noise_rng()  # central silo-level DP's noise, if any
+    inputs = [policy.decode(b.instance, results[b.name].total, b.weight_scale, results[b.name].survivors, rng)
+              for b in sr.buckets]
+    merged = policy.merge(inputs, plan.anomaly_streaks, rng)
+    weights = {c.name: c.weight for c in inputs}  # Σ n_samples of each bucket's survivors
+    del inputs
+    log_anomaly(r, merged, per_silo=False)
     start = exchange.get_vector(plan.global_ref, expect={"federation": config.federation, "round": r - 1, "phase": "global"})
-    new_global = config.aggregation.fedavg().apply(start, mean_delta)
+    new_global = policy.step(start, merged)
+    excluded = set(merged.excluded)
     survivors = sorted(s for name, result in results.items() if name not in excluded for s in result.survivors)
     out = {s: why for s, why in sr.out.items() if s not in survivors}
-    for name in excluded:
-        for silo in results[name].survivors:
-            out[silo] = f"excluded: {name}'s mean is anomalous ({', '.join(anomaly['scores'][name]['flags'])})"
+    out.update(excluded_reasons(merged))
     privacy = None
-    if level is not None:
+    if merged.release is not None:
         clipped = sum(1 for s in survivors if sr.clipped.get(s)) / len(survivors)
-        privacy = charge(config, state, level, r, level.event(len(survivors)), clipped)
+        privacy = charge(config, state, policy.privacy, r, merged.release, clipped)
     ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
-    training = Participation(manifests={s: sr.train[s] for s in survivors}, out=out, validations=sr.validations)
-    recovered = sorted(s for result in results.values() for s in result.recovered)
-    stats = {
-        "masked": sum(len(result.survivors) for result in results.values()),
-        "dropped": len(sr.u1) - sum(len(result.survivors) for result in results.values()),
-        "recovered": len(recovered),
-        "recovered_silos": recovered,
-        "threshold": sr.buckets[0].ctx.threshold if config.aggregation.mode == "secure" else
-        {b.name: b.ctx.threshold for b in sr.buckets},
-        "bytes": sr.bytes,
-        "clipped": sorted(s for s, c in sr.clipped.items() if c and s in survivors),
-    }
-    if config.aggregation.mode == "bucketed":
-        stats["buckets"] = {b.name: {"silos": list(b.ctx.roster), "threshold": b.ctx.threshold,
-                                     "summed": results[b.name].survivors, "weight": round(w, 3)}
-                            for b, w in zip(sr.buckets, weights, strict=True)}
-        stats["lost"] = sr.lost
-    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, secure=stats,
-                     privacy=privacy, spent=privacy_spent(sr.train), anomaly=anomaly)
+    training = sr.training
+    kept = {s: training.manifests[s] for s in survivors}
+    summed = sum(len(result.survivors) for result in results.values())
+    stats = SecAggStats(
+        masked=summed, dropped=len(sr.u1) - summed,
+        recovered_silos=tuple(sorted(s for result in results.values() for s in result.recovered)),
+        threshold=sr.buckets[0].ctx.threshold if policy.mode == "secure" else {b.name: b.ctx.threshold for b in sr.buckets},
+        bytes=sr.bytes, clipped=tuple(sorted(s for s, c in sr.clipped.items() if c and s in survivors)),
+        buckets=None if policy.mode != "bucketed" else {
+            b.name: BucketSum(silos=b.ctx.roster, threshold=b.ctx.threshold, summed=tuple(results[b.name].survivors),
+                              weight=weights[b.name])
+            for b in sr.buckets},
+        lost=sr.lost if policy.mode == "bucketed" else None,
+    )
+    return Aggregate(global_ref=ref, training=Participation(manifests=kept, out=out, validations=sr.validations),
+                     aggregate_s=time.perf_counter() - began, secure=stats, privacy=privacy,
+                     spent=privacy_spent(training), anomaly=merged.anomaly)

@@ -1,10 +1,11 @@
-"""A silo's secure-aggregation tasks, one per protocol phase.
+"""A silo's secure-aggregation tasks, one per protocol step: advertise its round keys (with
+training), share its mask secrets, publish its masked input, reveal shares for unmasking.
 
-Each loads the round's secrets from the silo's own state folder, verifies the coordinator's signed
-set for the phase (its key pinned on first sight), runs one `fl_core.secagg.client` function and
-publishes the signed message to the exchange. What it returns through Prefect is a manifest of
-object references and sizes; secrets, shares and the unmasked update never leave the silo's disk.
-These tasks neither persist results nor cache.
+Each step works on a `ProtocolSession` — the round as this silo sees it once it has checked the
+coordinator's signed plan — runs one `fl_core.secagg.client` function and publishes the signed
+message to the exchange. What it returns is a `ProtocolResult` of object references and sizes;
+secrets, shares and the unmasked update never leave the silo's disk (0600, deleted once it has
+revealed). These tasks neither persist results nor cache.
 """
 
 from __future__ import annotations
@@ -14,142 +15,132 @@ import time
 from prefect import task
 from prefect.cache_policies import NONE
 
-from fl_core.dp.distributed import add_share
 from fl_core.errors import ConfigError, StateError, WrongSender
+from fl_core.messages import ProtocolResult
 from fl_core.secagg import client, crypto
 from fl_core.secagg.client import RoundContext
-from fl_core.secagg.weighting import contribution
 from fl_core.seeding import derive_seed, numpy_rng
 from infra.config import FederationConfig
-from infra.exchange import exchange_for
+from infra.exchange import Exchange
 from infra.keystore import RoundSecrets, silo_identity
 from infra.secagg_channel import SecAggChannel, instance_name
 from infra.state import StateDir
-from tasks.orders import coordinator_key
-from tasks.privacy import SiloLevel
 
 
-class _Session:
-    """The round as this silo sees it, after checking the coordinator's plan. In bucketed mode the
-    silo recomputes the round's seeded buckets itself and refuses a plan that places it otherwise
-    (so a coordinator cannot hand-pick a bucket around one silo); it then talks only to its bucket's
-    instance of the protocol."""
+class ProtocolSession:
+    """The round as this silo sees it, after checking the coordinator's plan against its own config
+    (clip, bits, silo-level DP). In bucketed mode the silo recomputes the round's seeded buckets
+    itself and refuses a plan that places it otherwise (so a coordinator cannot hand-pick a bucket
+    around one silo); it then talks only to its bucket's instance of the protocol. Built once per
+    round, when the silo advertises its keys, and kept for the later steps."""
 
-    def __init__(self, config: FederationConfig, silo_id: str, round_number: int, state: StateDir):
+    def __init__(self, config: FederationConfig, silo_id: str, round_number: int, state: StateDir,
+                 exchange: Exchange, coordinator: bytes):
         self.config, self.silo, self.round_number = config, silo_id, round_number
-        exchange = exchange_for(config, state)
+        self.policy = config.policy()
+        self.coordinator = coordinator
         self.channel = SecAggChannel(exchange, round_number)
-        self.coordinator = coordinator_key(exchange, state, silo_id)
-        plan = self.channel.read_set("plan", self.coordinator, config.federation)
-        spec = config.aggregation.secure
+        plan = self.channel.read_set("plan", coordinator, config.federation)
+        spec = self.policy.secure
         if (float(plan["clip_norm"]), int(plan["bits"])) != (spec.clip_norm, spec.bits):
             raise ConfigError(
                 f"the coordinator's plan (clip_norm {plan['clip_norm']}, bits {plan['bits']}) differs from this "
                 f"silo's config (clip_norm {spec.clip_norm}, bits {spec.bits})"
             )
-        self.length = int(plan["length"])
+        if int(plan["length"]) != self.policy.length:
+            raise WrongSender(f"the plan's vector length {plan['length']} does not fit this silo's model "
+                              f"({self.policy.n_parameters} + 1)")
         # Silo-level DP as this silo's own config has it; a plan asking for less (or other) is refused.
-        self.privacy = SiloLevel.of(config, self.length - 1)
-        mine = self.privacy.plan() if self.privacy is not None else None
+        mine = self.policy.plan_privacy()
         if plan.get("privacy") != mine:
             raise ConfigError(f"the coordinator's plan has silo-level DP {plan.get('privacy')}, this silo's config {mine}")
-        bucket, roster, threshold = None, tuple(plan["roster"]), plan.get("threshold")
+        roster = tuple(plan["roster"])
         if silo_id not in roster:
             raise WrongSender(f"the coordinator's plan for round {round_number} does not list {silo_id}")
-        if config.aggregation.mode == "bucketed" or "buckets" in plan:
-            expected = [{"silos": list(b), "threshold": spec.threshold_for(len(b))}
-                        for b in config.buckets(round_number, roster)]
-            if config.aggregation.mode != "bucketed" or plan.get("buckets") != expected:
+        expected = self.policy.instances(round_number, roster)
+        if self.policy.mode == "bucketed" or "buckets" in plan:
+            announced = [{"silos": list(i.silos), "threshold": i.threshold} for i in expected]
+            if self.policy.mode != "bucketed" or plan.get("buckets") != announced:
                 raise ConfigError(
                     f"the coordinator's buckets for round {round_number} ({plan.get('buckets')}) differ from the seeded "
-                    f"shuffle this silo's config gives ({expected})"
+                    f"shuffle this silo's config gives ({announced})"
                 )
-            bucket = next(k for k, b in enumerate(expected) if silo_id in b["silos"])
-            roster, threshold = tuple(expected[bucket]["silos"]), expected[bucket]["threshold"]
-            self.channel = SecAggChannel(exchange, round_number, bucket)
-        self.ctx = RoundContext(
-            federation=instance_name(config.federation, bucket), round_number=round_number, roster=roster,
-            threshold=int(threshold),
-        )
+        elif int(plan["threshold"]) != expected[0].threshold:
+            raise ConfigError(f"the coordinator's threshold {plan['threshold']} differs from this silo's "
+                              f"{expected[0].threshold}")
+        mine_instance = next(i for i in expected if silo_id in i.silos)
+        if mine_instance.index is not None:
+            self.channel = SecAggChannel(exchange, round_number, mine_instance.index)
+        self.ctx = RoundContext(federation=instance_name(config.federation, mine_instance.index),
+                                round_number=round_number, roster=mine_instance.silos,
+                                threshold=mine_instance.threshold)
         self.identity = silo_identity(state, silo_id)
         self.secrets = RoundSecrets(state, silo_id, config.federation, round_number)
+        self._identities: tuple[dict, dict[str, bytes]] | None = None
 
     def read_set(self, name: str) -> dict:
         return self.channel.read_set(name, self.coordinator, self.ctx.federation)
 
     def identities(self) -> tuple[dict, dict[str, bytes]]:
-        u1 = self.read_set("u1")
-        identities = {s: crypto.unb64(pk, 32) for s, pk in u1["identities"].items()}
-        if identities.get(self.silo) != crypto.identity_public(self.identity):
-            raise WrongSender("the coordinator's U1 carries another identity for this silo")
-        return u1, identities
+        """U1 as the coordinator signed it, and the identity keys it names (read once a round)."""
+        if self._identities is None:
+            u1 = self.read_set("u1")
+            identities = {s: crypto.unb64(pk, 32) for s, pk in u1["identities"].items()}
+            if identities.get(self.silo) != crypto.identity_public(self.identity):
+                raise WrongSender("the coordinator's U1 carries another identity for this silo")
+            self._identities = (u1, identities)
+        return self._identities
 
 
-def _manifest(refs, began: float, **extra) -> dict:
-    return {"objects": [r.to_dict() for r in refs], "bytes": sum(r.size for r in refs),
-            "crypto_s": time.perf_counter() - began, **extra}
+def _result(refs, began: float, **extra) -> ProtocolResult:
+    return ProtocolResult(objects=tuple(refs), bytes=sum(r.size for r in refs), crypto_s=time.perf_counter() - began,
+                          **extra)
 
 
-@task(name="advertise-keys", cache_policy=NONE, persist_result=False)
-def advertise_keys(config: FederationConfig, silo_id: str, round_number: int, state: StateDir) -> dict:
+@task(name="keys", task_run_name="{silo_id}/keys", cache_policy=NONE, persist_result=False)
+def advertise_keys(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     began = time.perf_counter()
-    session = _Session(config, silo_id, round_number, state)
     client_state, envelope = client.advertise(session.ctx, silo_id, session.identity)
     session.secrets.save_state(client_state)
-    return _manifest([session.channel.publish(client.KEYS, silo_id, envelope)], began)
+    return _result([session.channel.publish(client.KEYS, silo_id, envelope)], began)
 
 
-@task(name="share-keys", cache_policy=NONE, persist_result=False)
-def share_keys(config: FederationConfig, silo_id: str, round_number: int, state: StateDir) -> dict:
+@task(name="shares", task_run_name="{silo_id}/shares", cache_policy=NONE, persist_result=False)
+def share_keys(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     began = time.perf_counter()
-    session = _Session(config, silo_id, round_number, state)
     u1, identities = session.identities()
     adverts = session.channel.read(client.KEYS, list(u1["u1"]))
     client_state, envelope = client.share_keys(
         session.ctx, session.secrets.load_state(), session.identity, u1["u1"], adverts, identities
     )
     session.secrets.save_state(client_state)
-    return _manifest([session.channel.publish(client.SHARES, silo_id, envelope)], began)
+    return _result([session.channel.publish(client.SHARES, silo_id, envelope)], began)
 
 
-@task(name="mask-update", cache_policy=NONE, persist_result=False)
-def mask_update(config: FederationConfig, silo_id: str, round_number: int, state: StateDir) -> dict:
+@task(name="masked", task_run_name="{silo_id}/masked", cache_policy=NONE, persist_result=False)
+def mask_update(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     began = time.perf_counter()
-    session = _Session(config, silo_id, round_number, state)
     u1, identities = session.identities()
     u2 = session.read_set("u2")["u2"]
     shares = session.channel.read(client.SHARES, list(u2))
     delta, n_samples = session.secrets.load_update()
-    if len(delta) + 1 != session.length:
-        raise WrongSender(f"the plan's vector length {session.length} does not fit this silo's update ({len(delta)} + 1)")
-    spec = config.aggregation.secure
-    level = session.privacy
-    if level is None:
-        values, clipped = contribution(delta, n_samples, float(u1["weight_scale"]), spec.clip_norm)
-    else:  # DP-FedAvg: clipped to the DP bound, weight capped at 1 (so one silo moves the sum by <= C)
-        delta, dp_clipped = level.clip(delta)
-        values, clipped = contribution(delta, level.weight(n_samples), 1.0, spec.clip_norm)
-        clipped = clipped or dp_clipped
-    codes = spec.quantizer().encode(values, numpy_rng(derive_seed(config.seed, "quantize", round_number, silo_id)))
-    if level is not None and level.shares is not None:  # distributed DP: this silo's Skellam share, then the masks
-        noise = session.secrets.load_noise()
-        if noise is None or noise.shape[0] != len(delta):
-            raise StateError(f"no noise share for this round's {len(delta)} parameters on this silo")
-        codes = add_share(codes, noise)
-        del noise
+    if len(delta) != session.policy.n_parameters:
+        raise StateError(f"this silo's update has {len(delta)} values, the round's model {session.policy.n_parameters}")
+    rng = numpy_rng(derive_seed(session.config.seed, "quantize", session.round_number, silo_id))
+    codes, clipped = session.policy.encode(delta, n_samples, float(u1["weight_scale"]), rng,
+                                           session.secrets.load_noise())
     client_state, envelope, masked = client.masked_input(
         session.ctx, session.secrets.load_state(), session.identity, u2, shares, identities, codes
     )
     session.secrets.save_state(client_state)
     refs = session.channel.publish_masked(silo_id, envelope, masked)
-    del delta, values, codes
-    return _manifest(refs, began, clipped=bool(clipped), bad_senders=list(client_state.bad_senders))
+    del delta, codes
+    return _result(refs, began, clipped=clipped, bad_senders=tuple(client_state.bad_senders))
 
 
-@task(name="reveal-shares", cache_policy=NONE, persist_result=False)
-def reveal_shares(config: FederationConfig, silo_id: str, round_number: int, state: StateDir) -> dict:
+@task(name="unmask", task_run_name="{silo_id}/unmask", cache_policy=NONE, persist_result=False)
+def reveal_shares(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     began = time.perf_counter()
-    session = _Session(config, silo_id, round_number, state)
     u3 = session.read_set("u3")
     client_state, envelope = client.unmask(
         session.ctx, session.secrets.load_state(), session.identity, u3["survivors"], u3["dropped"]
@@ -157,5 +148,4 @@ def reveal_shares(config: FederationConfig, silo_id: str, round_number: int, sta
     session.secrets.save_state(client_state)  # remembers the answer until the message is out
     ref = session.channel.publish(client.UNMASK, silo_id, envelope)
     session.secrets.forget()  # the round's secrets are no longer needed; a second request finds nothing
-    return _manifest([ref], began)
-
+    return _result([ref], began)

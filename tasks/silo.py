@@ -1,12 +1,17 @@
-"""Tasks that run on a silo's side: they touch its data and return only manifests and summaries.
+"""Tasks that run on a silo's side: they touch its data and return only typed results and summaries.
 
 What leaves a silo: a row-free validation summary, the update (a parameter delta, through the
-exchange), its training-set size, and evaluation metrics on its holdout.
+exchange in trusted mode; masked, in secure mode), its training-set size, and evaluation metrics on
+its holdout. Each task run is named after the silo (``cleveland/train``), so that in the Prefect UI
+the steps of every silo of a round can be told apart.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -16,22 +21,33 @@ from fl_core.dp.distributed import noise_rng
 from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
 from fl_core.errors import BudgetExceeded, DataError, IntegrityError
 from fl_core.evaluation import evaluate
+from fl_core.messages import EvaluateResult, EvaluationReport, ObjectRef, PrivacyRelease, TrainResult
 from fl_core.models import build_model
 from fl_core.params import flatten, load_flat_inplace
 from fl_core.seeding import derive_seed, numpy_rng
 from fl_core.training import train_local
 from infra.config import FederationConfig
-from infra.exchange import ObjectRef, exchange_for
+from infra.exchange import exchange_for
 from infra.keystore import RoundSecrets
 from infra.privacy_store import LedgerStore
 from infra.silo_data import SiloData, ValidationCache, encode_table, file_digest, read_table
 from infra.state import StateDir
 from tasks.common import binding
-from tasks.privacy import SiloLevel
 from validation import ValidationSummary, validate_table
 
+# Great Expectations' contexts are not shared between threads safely; silos of an embedded round run
+# in threads, so a first validation (a cache miss) takes this lock. Cached verdicts do not.
+_VALIDATION = threading.Lock()
 
-@task(name="load-and-validate", cache_policy=NONE, persist_result=False)
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The silo refused to train this round (its privacy budget); nothing was trained or charged."""
+
+    reason: str
+
+
+@task(name="validate", task_run_name="{silo_id}/validate", cache_policy=NONE, persist_result=False)
 def load_and_validate(config: FederationConfig, silo_id: str, state: StateDir) -> tuple[SiloData | None, ValidationSummary]:
     """Read the silo's table and check it against the contract (verdicts cached by file digest).
 
@@ -46,7 +62,8 @@ def load_and_validate(config: FederationConfig, silo_id: str, state: StateDir) -
     digest, contract_hash = file_digest(path), config.contract.contract_hash()
     summary = cache.get(digest, contract_hash)
     if summary is None:
-        summary = validate_table(table, config.contract, silo_id)
+        with _VALIDATION:
+            summary = validate_table(table, config.contract, silo_id)
         cache.put(digest, contract_hash, summary)
     if not summary.passed:
         get_run_logger().warning("sitting out: %s", summary.one_line())
@@ -64,11 +81,12 @@ def _load_model(config: FederationConfig, exchange, ref: ObjectRef, n_inputs: in
     return model, vector
 
 
-def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir):
-    """Train from the round's global model; returns the delta and what the manifest reports."""
+def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref: ObjectRef, data: SiloData,
+           state: StateDir) -> tuple:
+    """Train from the round's global model; returns the delta and the result the manifest reports."""
     exchange = exchange_for(config, state)
     model, start = _load_model(
-        config, exchange, ObjectRef.from_dict(global_ref), data.x_train.shape[1],
+        config, exchange, global_ref, data.x_train.shape[1],
         expect={"federation": config.federation, "round": round_number - 1, "phase": "global"},
     )
     began = time.perf_counter()
@@ -86,15 +104,9 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
     else:
         result, privacy = _train_private(config, silo_id, round_number, policy, model, x, y, seed, state)
     local = evaluate(model, data.x_holdout, data.y_holdout)
-    report = {
-        "n_samples": result.n_samples,
-        "steps": result.steps,
-        "train_loss": result.mean_loss,
-        "local_metrics": local.to_dict(),
-        "compute_s": time.perf_counter() - began,
-    }
-    if privacy is not None:
-        report["privacy"] = privacy
+    report = TrainResult(n_samples=result.n_samples, steps=result.steps, train_loss=result.mean_loss,
+                         local_metrics={k: float(v) for k, v in local.to_dict().items()},
+                         compute_s=time.perf_counter() - began, privacy=privacy)
     delta = flatten(model) - start
     if attack is not None:
         delta = Adversary(attack).poison_updates({silo_id: delta}, {silo_id: float(result.n_samples)}, attack_rng)[silo_id]
@@ -112,65 +124,61 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
     charged = ledger.charge(round_number, round_event(n, config.training, dpsgd.noise_multiplier))  # raises if over
     result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator())
     store.save(charged)
-    privacy = {
-        "epsilon": charged.charges[-1].epsilon_after,  # computed by the charge, not again
-        "budget": policy.epsilon,
-        "delta": policy.delta,
-        "accountant": policy.accountant,
-        "noise_multiplier": dpsgd.noise_multiplier,
-        "max_grad_norm": dpsgd.max_grad_norm,
-        "sample_rate": result.event.sample_rate,
-        "clipped_fraction": result.clipped_fraction,
-        "clipping": result.clipping,  # Opacus's per-sample clipping: hooks or ghost
-    }
+    privacy = PrivacyRelease(
+        epsilon=charged.charges[-1].epsilon_after,  # computed by the charge, not again
+        budget=policy.epsilon, delta=policy.delta, accountant=policy.accountant,
+        noise_multiplier=dpsgd.noise_multiplier, max_grad_norm=dpsgd.max_grad_norm,
+        sample_rate=result.event.sample_rate, clipped_fraction=result.clipped_fraction,
+        clipping=result.clipping,  # Opacus's per-sample clipping: hooks or ghost
+    )
     get_run_logger().info(
-        "DP-SGD: ε = %.3f of %g spent (δ = %g, σ = %.3f, C = %g)", privacy["epsilon"], policy.epsilon, policy.delta,
+        "DP-SGD: ε = %.3f of %g spent (δ = %g, σ = %.3f, C = %g)", privacy.epsilon, policy.epsilon, policy.delta,
         dpsgd.noise_multiplier, dpsgd.max_grad_norm,
     )
     return result, privacy
 
 
-@task(name="train", cache_policy=NONE, persist_result=False)
+@task(name="train", task_run_name="{silo_id}/train", cache_policy=NONE, persist_result=False)
 def train_silo(
-    config: FederationConfig, silo_id: str, round_number: int, global_ref: dict, data: SiloData, state: StateDir
-) -> dict:
+    config: FederationConfig, silo_id: str, round_number: int, global_ref: ObjectRef, data: SiloData, state: StateDir
+) -> TrainResult | Refused:
     """Train from the round's global model. Trusted aggregation: publish the delta itself to the
     exchange; secure aggregation: keep it on the silo's disk until it is masked. A round the silo's
-    privacy budget cannot pay for comes back as ``{"refused": reason}``, with nothing trained."""
+    privacy budget cannot pay for comes back `Refused`, with nothing trained."""
     try:
         delta, report = _train(config, silo_id, round_number, global_ref, data, state)
     except BudgetExceeded as exc:
         get_run_logger().warning("refusing round %d: %s", round_number, exc)
-        return {"refused": f"privacy budget: {exc}"}
-    if config.aggregation.mode != "trusted":  # secure or bucketed: the update stays here until masked
+        return Refused(f"privacy budget: {exc}")
+    policy = config.policy()
+    if policy.is_secure:  # secure or bucketed: the update stays here until masked
         # Distributed DP: this silo's noise share is drawn now, off the masked phase's critical path
         # (it depends only on the federation's settings), and kept with the update until masking.
-        level = SiloLevel.of(config, len(delta))
-        noise = level.shares.sample(noise_rng()) if level is not None and level.shares is not None else None
-        RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report["n_samples"], noise)
+        noise = policy.noise_share(noise_rng())
+        RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report.n_samples, noise)
         return report
     exchange = exchange_for(config, state)
     ref = exchange.put_vector(
         exchange.update_key(round_number, silo_id), delta,
-        binding(config.federation, round_number, "train", silo_id, n_samples=report["n_samples"]),
+        binding(config.federation, round_number, "train", silo_id, n_samples=report.n_samples),
     )
-    return {**report, "update": ref.to_dict()}
+    return replace(report, update=ref)
 
 
-@task(name="evaluate", cache_policy=NONE, persist_result=False)
+@task(name="evaluate", task_run_name="{silo_id}/evaluate", cache_policy=NONE, persist_result=False)
 def evaluate_models(
-    config: FederationConfig, silo_id: str, round_number: int, models: dict[str, dict], data: SiloData, state: StateDir
-) -> dict:
+    config: FederationConfig, silo_id: str, round_number: int, models: Mapping[str, ObjectRef], data: SiloData,
+    state: StateDir,
+) -> EvaluateResult:
     """Score each named model (candidate, champion) on the silo's holdout; publish the report."""
     exchange = exchange_for(config, state)
     n_inputs = data.x_holdout.shape[1]
     began = time.perf_counter()
     metrics = {}
-    for name, raw_ref in sorted(models.items()):
-        ref = ObjectRef.from_dict(raw_ref)
+    for name, ref in sorted(models.items()):
         model, _ = _load_model(config, exchange, ref, n_inputs, expect={"federation": config.federation, "phase": "global"})
-        metrics[name] = evaluate(model, data.x_holdout, data.y_holdout).to_dict()
+        metrics[name] = {k: float(v) for k, v in evaluate(model, data.x_holdout, data.y_holdout).to_dict().items()}
     compute_s = time.perf_counter() - began
-    report = {"federation": config.federation, "round": round_number, "silo": silo_id, "metrics": metrics}
-    ref = exchange.put_json(exchange.evaluation_key(round_number, silo_id), report)
-    return {"report": ref.to_dict(), "compute_s": compute_s}
+    report = EvaluationReport(federation=config.federation, round=round_number, silo=silo_id, metrics=metrics)
+    ref = exchange.put_json(exchange.evaluation_key(round_number, silo_id), report.to_dict())
+    return EvaluateResult(report=ref, compute_s=compute_s)

@@ -1,19 +1,27 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from infra.synthetic import write_synthetic_federation
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test server for the session (it takes seconds to start), heartbeats off."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_harness(tmp_path_factory):
+    """One Prefect API for the session, as embedded runs get it (`infra.prefect_api.LocalApi`: task
+    runs recorded, quick retries on a busy SQLite), on its own database; heartbeats off."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
 
     from infra.embedded import embedded_prefect
+    from infra.prefect_api import LocalApi
 
-    with prefect_test_harness(server_startup_timeout=90), embedded_prefect():
-        yield
+    home = tmp_path_factory.mktemp("prefect-api")
+    database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": database}
+    with LocalApi(home / "api.log", env=env) as api, api.settings(), embedded_prefect(), \
+            temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: database}):
+        yield api
 
 
 @pytest.fixture

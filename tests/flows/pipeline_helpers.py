@@ -8,34 +8,48 @@ import pyarrow.parquet as pq
 
 from fl_core.simulation import SiloArrays, fedavg_rounds
 from infra.config import load_config
-from infra.dispatch import InProcessDispatcher, SiloOutcome
+from infra.dispatch import Delivery, InProcessDispatcher
 from infra.exchange import Exchange, LocalObjectStore, ObjectRef
 from infra.silo_data import encode_table
+from tasks.silo_round import SiloRound
 
 
 class Scripted(InProcessDispatcher):
-    """The in-process dispatcher with injected faults: silos that vanish in a phase, and a hook
-    that may tamper with the exchange after a phase ran."""
+    """The in-process dispatcher with injected faults: silos that vanish in a phase (or crash in it,
+    raising inside their own part of the round), and a hook that may tamper with the exchange after
+    a phase ran."""
 
-    def __init__(self, flow, drops=None, after=None):
-        super().__init__(flow)
+    def __init__(self, config, state, drops=None, crashes=None, after=None, parallel=4):
+        super().__init__(lambda silo, r: SiloRound(config, state, silo, r), parallel, limit_threads=False)
         self.drops = drops or {}
+        self.crashes = crashes or {}
         self.after = after
 
-    def run(self, calls, on_done=None):
-        phase = calls[0].parameters["phase"] if calls else None
-        gone = self.drops.get(phase, set())
-        outcomes = super().run([c for c in calls if c.silo_id not in gone], on_done)
-        outcomes += [SiloOutcome(silo_id=c.silo_id, manifest=None, error="vanished (injected)") for c in calls if c.silo_id in gone]
+    def _answer(self, silo, call):
+        if silo in self.drops.get(call.phase, set()):
+            return Delivery(silo_id=silo, signed=None, error="vanished (injected)")
+        if silo in self.crashes.get(call.phase, set()):
+            def crash(phase, signed):
+                raise RuntimeError(f"{silo} crashed in {phase} (injected)")
+
+            party, self.parties[silo] = self.parties[silo], type("Crashing", (), {"answer": staticmethod(crash)})()
+            try:
+                return super()._answer(silo, call)
+            finally:
+                self.parties[silo] = party
+        return super()._answer(silo, call)
+
+    def run(self, call, on_done=None):
+        deliveries = super().run(call, on_done)
         if self.after is not None:
-            self.after(phase, calls[0].parameters["round_number"] if calls else None)
-        return outcomes
+            self.after(call.phase, call.round_number)
+        return deliveries
 
 
 def use(monkeypatch, **kwargs):
     import flows.round
 
-    monkeypatch.setattr(flows.round, "make_dispatcher", lambda *args: Scripted(flows.round.silo_flow, **kwargs))
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda config, state: Scripted(config, state, **kwargs))
 
 
 def train(config_path, rounds=1):

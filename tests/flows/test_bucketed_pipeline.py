@@ -145,8 +145,8 @@ def test_silos_refuse_a_plan_that_puts_them_in_other_buckets(federation, state_h
     honest = flows.round.secure_open
 
     @task(name="secure-open", cache_policy=NONE, persist_result=False)
-    def rogue(config, state, plan, n_parameters):  # a coordinator announcing buckets of its own choice
-        return honest.fn(config.model_copy(update={"seed": seed}), state, plan, n_parameters)
+    def rogue(config, state, plan):  # a coordinator announcing buckets of its own choice
+        return honest.fn(config.model_copy(update={"seed": seed}), state, plan)
 
     monkeypatch.setattr(flows.round, "secure_open", rogue)
     with pytest.raises(QuorumError, match="differ from the seeded shuffle"):

@@ -10,10 +10,10 @@ import json
 import pytest
 from pipeline_helpers import client, train
 
-from fl_core.errors import IntegrityError, SecAggError
+from fl_core.errors import IntegrityError
+from fl_core.messages import END, ObjectRef, Order, open_manifest, seal_order
 from fl_core.secagg import crypto
 from infra.config import load_config
-from infra.dispatch import sign_order
 from infra.exchange import Exchange, LocalObjectStore
 from infra.keystore import coordinator_identity, silo_identity
 from infra.roster import enrol, offboard
@@ -64,14 +64,20 @@ def test_a_silo_refuses_an_order_whose_references_were_edited(federation, state_
     train(config_path, rounds=1)
     config, state, exchange = parties(config_path, state_home)
     record = exchange.read_json_key(exchange.record_key(1))
-    order = sign_order(coordinator_identity(state), "synth", 2, "train", ["s0", "s1"], {"global": record["global"]})
+    identity = coordinator_identity(state)
+    order = seal_order(identity, Order(federation="synth", round=2, phase="train", silos=("s0", "s1"),
+                                       refs={"global": ObjectRef.from_dict(record["global"])}))
     order["body"]["refs"]["global"]["key"] = exchange.global_key(0)  # point s0 at another model
-    state_ = silo_flow(federation="synth", silo_id="s0", round_number=2, phase="train", order=order,
-                       config_path=str(config_path), return_state=True)
-    assert state_.is_failed()
-    with pytest.raises(SecAggError):
-        state_.result()
-    assert not exchange.store.list(exchange.round_prefix(2))  # it did nothing
+    exchange.put_json(exchange.order_key(2, "train"), order)  # as the coordinator would leave it for s0's run
+    exchange.put_json(exchange.order_key(2, END), seal_order(identity, Order(federation="synth", round=2, phase=END,
+                                                                             silos=("s0", "s1"))))
+    summary = silo_flow(federation="synth", silo_id="s0", round_number=2, config_path=str(config_path))
+    assert summary["answered"] == ["train"]
+    answer = exchange.read_json_key(exchange.manifest_key(2, "train", "s0"))
+    manifest = open_manifest(answer, crypto.identity_public(silo_identity(state, "s0")), "synth", 2, "train", "s0")
+    assert manifest.status == "sat_out" and "BadSignature" in manifest.reason  # refused, and said why, signed
+    assert not [k for k in exchange.store.list(exchange.round_prefix(2)) if "/orders/" not in k and "/manifests/" not in k]
+    assert not (state_home / "silos" / "s0" / "secagg").exists() or not any((state_home / "silos" / "s0" / "secagg").iterdir())
 
 
 def test_a_rewritten_round_record_stops_the_next_job_before_anything_is_registered(federation, state_home):

@@ -15,6 +15,7 @@ from infra.config import load_config
 from infra.dispatch import InProcessDispatcher
 from infra.exchange import Exchange, LocalObjectStore, ObjectRef
 from infra.silo_data import encode_table
+from tasks.silo_round import SiloRound
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -52,14 +53,17 @@ def overwrite_column(config_path, silo: str, column: str, values) -> None:
 
 
 class RecordingDispatcher(InProcessDispatcher):
-    """The in-process dispatcher, keeping every outcome for inspection."""
+    """The in-process dispatcher, keeping every delivery (the silos' signed manifests) for inspection."""
 
     seen: list = []
 
-    def run(self, calls, on_done=None):
-        outcomes = super().run(calls, on_done)
-        RecordingDispatcher.seen.extend(outcomes)
-        return outcomes
+    def __init__(self, config, state):
+        super().__init__(lambda silo, r: SiloRound(config, state, silo, r), 2, limit_threads=False)
+
+    def run(self, call, on_done=None):
+        deliveries = super().run(call, on_done)
+        RecordingDispatcher.seen.extend(deliveries)
+        return deliveries
 
 
 def test_job_registers_one_version_per_round_with_lineage(federation, state_home):
@@ -123,31 +127,48 @@ def test_pipeline_reproduces_in_memory_fedavg(federation, state_home, mode):
         assert not np.array_equal(pipeline, reference)  # it really went through quantisation
 
 
-def test_flow_runs_are_named_for_people(federation, state_home):
+def test_runs_are_named_for_people_and_every_step_is_a_recorded_task_run_of_its_round(federation, state_home):
+    import time
+
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterFlowRunId
 
     train(federation(2, federation="naming"), rounds=1)
+    steps = {f"{s}/{step}" for s in ("s0", "s1") for step in ("validate", "train", "keys", "shares", "masked", "unmask",
+                                                                 "evaluate")}
+    coordinator = {"plan", "secure-open", "check-keys", "check-shares", "check-masked", "unmask-sum", "gate", "register"}
     with get_client(sync_client=True) as prefect:
-        names = {
-            run.name
-            for run in prefect.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="naming/")))
-        }
-    assert {"naming/job", "naming/r001", "naming/r001/s0", "naming/r001/s1", "naming/r001/s0/evaluate"} <= names
+        runs = {run.name: run for run in
+                prefect.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="naming/")))}
+        assert set(runs) == {"naming/job", "naming/r001"}  # embedded: no flow run per silo, its steps are task runs
+        round_run = runs["naming/r001"]
+        deadline = time.monotonic() + 60
+        while True:  # the server records task runs from their events, in batches
+            tasks = prefect.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[round_run.id])))
+            names = {t.name for t in tasks}
+            if steps | coordinator <= names or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert steps | coordinator <= names
+    assert all(t.state is not None and t.state.is_completed() for t in tasks if t.name in steps)
+    assert round_run.parent_task_run_id is not None  # the round sits under the job in the run graph
 
 
 def test_silos_return_plain_json_manifests_without_vectors(federation, state_home, monkeypatch):
     import flows.round
 
     RecordingDispatcher.seen = []
-    monkeypatch.setattr(flows.round, "make_dispatcher", lambda *args: RecordingDispatcher(flows.round.silo_flow))
+    monkeypatch.setattr(flows.round, "make_dispatcher", RecordingDispatcher)
     train(federation(2), rounds=1)
 
     assert len(RecordingDispatcher.seen) == 10  # 2 silos x (train, shares, masked, unmask, evaluate)
-    for outcome in RecordingDispatcher.seen:
-        json.dumps(outcome.manifest)  # JSON, nothing pickled
-        assert "update" not in outcome.manifest  # secure mode: the update never leaves the silo as such
-        for ref in outcome.manifest.get("objects", []):
+    for delivery in RecordingDispatcher.seen:
+        json.dumps(delivery.signed)  # JSON, nothing pickled
+        manifest = delivery.signed["body"]
+        assert manifest["status"] == "ok"
+        assert "update" not in manifest["result"]  # secure mode: the update never leaves the silo as such
+        for ref in manifest["result"].get("objects", []):
             assert set(ref) == {"key", "sha256", "size"}  # references, not the vectors
 
         def longest_list(node) -> int:
@@ -157,7 +178,7 @@ def test_silos_return_plain_json_manifests_without_vectors(federation, state_hom
                 return max([len(node), *(longest_list(v) for v in node)])
             return 0
 
-        assert longest_list(outcome.manifest) < 64  # summaries and refs, no parameter vectors
+        assert longest_list(delivery.signed) < 64  # summaries and refs, no parameter vectors
 
 
 def test_silo_with_bad_data_sits_out_and_the_round_goes_on(federation, state_home):
@@ -248,19 +269,19 @@ def test_an_interrupted_round_is_redone_and_registered_once(federation, state_ho
 def test_a_tampered_update_is_rejected_in_trusted_mode(federation, state_home, monkeypatch):
     import flows.round
 
-    class Tampering(InProcessDispatcher):
-        def run(self, calls, on_done=None):
-            outcomes = super().run(calls, on_done)
-            for outcome in outcomes:  # the silos' signed manifests, before the round verifies them
-                manifest = outcome.manifest["body"]
-                if outcome.silo_id == "s0" and manifest.get("phase") == "train":
-                    path = state_home / "exchange" / manifest["update"]["key"]
+    class Tampering(RecordingDispatcher):
+        def run(self, call, on_done=None):
+            deliveries = super().run(call, on_done)
+            for delivery in deliveries:  # the silos' signed manifests, before the round verifies them
+                manifest = delivery.signed["body"]
+                if delivery.silo_id == "s0" and manifest["phase"] == "train":
+                    path = state_home / "exchange" / manifest["result"]["update"]["key"]
                     data = bytearray(path.read_bytes())
                     data[-40] ^= 0xFF
                     path.write_bytes(bytes(data))
-            return outcomes
+            return deliveries
 
-    monkeypatch.setattr(flows.round, "make_dispatcher", lambda *args: Tampering(flows.round.silo_flow))
+    monkeypatch.setattr(flows.round, "make_dispatcher", Tampering)
     record = train(federation(3, overrides={"aggregation": TRUSTED}), rounds=1)["rounds"][0]
     assert record["silos_in"] == ["s1", "s2"]
     assert "digest" in record["silos_out"]["s0"]
@@ -270,10 +291,8 @@ def test_a_silo_refuses_a_request_for_another_federation(federation, state_home)
     from flows.silo import silo_flow
 
     config_path = federation(2)
-    state = silo_flow(
-        federation="not-this-one", silo_id="s0", round_number=1, phase="train", order={}, config_path=str(config_path),
-        return_state=True,
-    )
+    state = silo_flow(federation="not-this-one", silo_id="s0", round_number=1, config_path=str(config_path),
+                      return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="not-this-one"):
         state.result()

@@ -11,9 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fl_core.errors import BadSignature, EnrolmentError, IntegrityError, SecAggError, StaleMessage, WrongSender
+from fl_core.messages import (
+    Manifest,
+    ObjectRef,
+    Order,
+    ProtocolResult,
+    TrainResult,
+    open_order,
+    seal_manifest,
+    seal_order,
+)
 from fl_core.secagg import crypto
 from infra.config import load_config
-from infra.dispatch import SiloCall, SiloOutcome, Verified, open_order, seal_manifest, sign_order
+from infra.dispatch import Delivery, PhaseCall, Verified
 from infra.exchange import Exchange, LocalObjectStore
 from infra.roster import RosterStore, enrol, enrol_local, offboard, parse_public_key, published_roster
 from infra.state import StateDir
@@ -22,24 +32,28 @@ from tasks.common import record_header
 
 COORDINATOR = crypto.new_identity()
 COORDINATOR_PUBLIC = crypto.identity_public(COORDINATOR)
-REFS = {"global": {"key": "federations/f/rounds/2/global.arrow", "sha256": "ab" * 32, "size": 10}}
+GLOBAL = ObjectRef(key="federations/f/rounds/2/global.arrow", sha256="ab" * 32, size=10)
+REFS = {"global": GLOBAL}
 
 
 def order(**changes):
-    args = {"identity": COORDINATOR, "federation": "f", "round_number": 3, "phase": "train",
-            "silos": ["s0", "s1"], "refs": REFS} | changes
-    return sign_order(args.pop("identity"), **args)
+    args = {"identity": COORDINATOR, "federation": "f", "round": 3, "phase": "train", "silos": ("s0", "s1"),
+            "refs": REFS} | changes
+    identity = args.pop("identity")
+    return seal_order(identity, Order(**args))
 
 
 def test_an_order_opens_for_its_silos_and_gives_its_references():
-    assert open_order(order(), COORDINATOR_PUBLIC, "f", 3, "train", "s1") == REFS
+    opened = open_order(order(), COORDINATOR_PUBLIC, "f", 3, "train", "s1")
+    assert opened.refs == REFS and opened.silos == ("s0", "s1") and opened.phase == "train"
 
 
 @pytest.mark.parametrize(("where", "error"), [
-    ({"round_number": 2}, StaleMessage),           # a replay from the previous round
+    ({"round": 2}, StaleMessage),                  # a replay from the previous round
     ({"phase": "evaluate"}, StaleMessage),         # another phase of the same round
+    ({"phase": "masked"}, StaleMessage),           # an order of a later phase, replayed into this one
     ({"federation": "g"}, StaleMessage),           # another federation's order
-    ({"silos": ["s0"]}, WrongSender),              # not addressed to s1
+    ({"silos": ("s0",)}, WrongSender),             # not addressed to s1
     ({"identity": crypto.new_identity()}, BadSignature),  # signed by someone else
 ])
 def test_an_order_for_another_round_phase_federation_or_silo_or_signer_is_refused(where, error):
@@ -47,13 +61,22 @@ def test_an_order_for_another_round_phase_federation_or_silo_or_signer_is_refuse
         open_order(order(**where), COORDINATOR_PUBLIC, "f", 3, "train", "s1")
 
 
-def test_an_order_whose_references_were_edited_on_the_server_is_refused():
+def test_an_order_whose_references_were_edited_on_the_way_is_refused():
     edited = order()
-    edited["body"]["refs"]["global"]["sha256"] = "cd" * 32  # a parameter changed behind the coordinator's back
+    edited["body"]["refs"]["global"]["sha256"] = "cd" * 32  # changed behind the coordinator's back
     with pytest.raises(BadSignature):
         open_order(edited, COORDINATOR_PUBLIC, "f", 3, "train", "s1")
     with pytest.raises(BadSignature):
-        open_order({"refs": REFS}, COORDINATOR_PUBLIC, "f", 3, "train", "s1")  # unsigned
+        open_order({"refs": {"global": GLOBAL.to_dict()}}, COORDINATOR_PUBLIC, "f", 3, "train", "s1")  # unsigned
+
+
+def test_an_order_of_another_format_version_is_refused_even_when_signed():
+    from fl_core.messages import COORDINATOR as SENDER
+    from fl_core.messages import header
+
+    signed = crypto.seal(COORDINATOR, header("f", 3, "train", SENDER), {"v": 2, "silos": ["s1"], "refs": {}}).to_dict()
+    with pytest.raises(BadSignature):
+        open_order(signed, COORDINATOR_PUBLIC, "f", 3, "train", "s1")
 
 
 @settings(max_examples=60, deadline=None)
@@ -76,8 +99,10 @@ SILO = {s: crypto.new_identity() for s in ("s0", "s1")}
 KEYS = {s: crypto.identity_public(k) for s, k in SILO.items()}
 
 
-def manifest(silo="s0", round_number=3, phase="train", federation="f", **extra):
-    return {"federation": federation, "round": round_number, "phase": phase, "silo": silo, "status": "ok", **extra}
+def manifest(silo="s0", round_number=3, phase="train", federation="f", n_samples=5):
+    return Manifest(federation=federation, round=round_number, phase=phase, silo=silo,
+                    result=TrainResult(n_samples=n_samples, steps=1, train_loss=0.5) if phase == "train"
+                    else ProtocolResult())
 
 
 class Canned:
@@ -86,32 +111,29 @@ class Canned:
     def __init__(self, answers):
         self.answers = answers
 
-    def settle(self):
-        return []
-
-    def run(self, calls, on_done=None):
-        outcomes = [SiloOutcome(silo_id=c.silo_id, manifest=self.answers[c.silo_id]) for c in calls]
-        for outcome in outcomes:
+    def run(self, call, on_done=None):
+        deliveries = [Delivery(silo_id=s, signed=self.answers[s]) for s in call.order.silos]
+        for delivery in deliveries:
             if on_done is not None:
-                on_done(outcome)
-        return outcomes
+                on_done(delivery)
+        return deliveries
 
 
 def dispatch(answers, keys=KEYS, phase="train"):
-    calls = [SiloCall(silo_id=s, parameters={"round_number": 3, "phase": phase}) for s in answers]
+    call = PhaseCall(order=Order(federation="f", round=3, phase=phase, silos=tuple(answers)), signed={})
     seen = []
-    outcomes = Verified(Canned(answers), "f", keys).run(calls, on_done=seen.append)
+    outcomes = Verified(Canned(answers), "f", keys).run(call, on_done=seen.append)
     assert [o.silo_id for o in seen] == [o.silo_id for o in outcomes]  # progress sees verified outcomes
     return {o.silo_id: o for o in outcomes}
 
 
-def test_signed_manifests_pass_and_their_bodies_reach_the_round():
+def test_signed_manifests_pass_and_their_typed_bodies_reach_the_round():
     got = dispatch({s: seal_manifest(SILO[s], manifest(s, n_samples=7)) for s in SILO})
-    assert {s: o.manifest["n_samples"] for s, o in got.items()} == {"s0": 7, "s1": 7}
+    assert {s: o.manifest.result.n_samples for s, o in got.items()} == {"s0": 7, "s1": 7}
 
 
 @pytest.mark.parametrize(("answer", "reason"), [
-    (manifest("s0"), "BadSignature"),                                            # unsigned
+    (manifest("s0").to_dict(), "BadSignature"),                                   # unsigned
     (seal_manifest(SILO["s1"], manifest("s0")), "BadSignature"),                 # s1's key, claiming to be s0
     (seal_manifest(SILO["s0"], manifest("s0", round_number=2)), "StaleMessage"),  # replayed from round 2
     (seal_manifest(SILO["s0"], manifest("s0", phase="masked")), "StaleMessage"),  # another phase's manifest
@@ -124,6 +146,16 @@ def test_forged_replayed_or_foreign_manifests_drop_their_silo_with_the_reason(an
     assert got["s1"].manifest is not None
 
 
+def test_a_signed_body_that_is_not_a_manifest_is_refused_as_malformed():
+    from fl_core.messages import header
+
+    signed = crypto.seal(SILO["s0"], header("f", 3, "train", "s0"),
+                         {"federation": "f", "round": 3, "phase": "train", "silo": "s0", "status": "ok",
+                          "result": {"n_samples": "seven", "steps": 1, "train_loss": 0.1}}).to_dict()
+    got = dispatch({"s0": signed})
+    assert got["s0"].manifest is None and "MalformedMessage" in got["s0"].error and "n_samples" in got["s0"].error
+
+
 def test_a_silo_off_the_roster_is_refused_even_with_its_old_key():
     signed = seal_manifest(SILO["s0"], manifest("s0"))
     got = dispatch({"s0": signed}, keys={"s1": KEYS["s1"]})  # s0 offboarded before this round
@@ -132,7 +164,7 @@ def test_a_silo_off_the_roster_is_refused_even_with_its_old_key():
 
 def test_a_body_edited_after_signing_is_refused():
     signed = seal_manifest(SILO["s0"], manifest("s0", n_samples=7))
-    signed["body"]["n_samples"] = 7000
+    signed["body"]["result"]["n_samples"] = 7000
     assert "BadSignature" in dispatch({"s0": signed})["s0"].error
 
 
@@ -140,7 +172,7 @@ def test_a_body_edited_after_signing_is_refused():
 def test_a_round_record_is_read_only_with_a_valid_signature_and_binding(tmp_path):
     exchange = Exchange(LocalObjectStore(tmp_path), "f")
     key = exchange.record_key(4)
-    exchange.put_signed_json(key, {"round": 4, "global": REFS["global"]}, COORDINATOR, record_header("f", 4))
+    exchange.put_signed_json(key, {"round": 4, "global": GLOBAL.to_dict()}, COORDINATOR, record_header("f", 4))
     assert exchange.read_signed_json(key, COORDINATOR_PUBLIC, record_header("f", 4))["round"] == 4
     with pytest.raises(IntegrityError, match="signature does not verify"):  # bound to round 4, read as round 5
         exchange.read_signed_json(key, COORDINATOR_PUBLIC, record_header("f", 5))

@@ -1,0 +1,80 @@
+"""The fairness gate on the coordinator: read every silo's evaluation report, pool the metrics, decide."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from fl_core.errors import ExchangeError, IntegrityError
+from fl_core.evaluation import Metrics, pooled
+from fl_core.gate import GateDecision, decide
+from fl_core.messages import EvaluateResult, EvaluationReport
+from fl_core.quorum import require_quorum
+from infra.config import FederationConfig
+from infra.exchange import exchange_for
+from infra.state import StateDir
+from tasks.participation import Participation, sort_outcomes
+from tasks.plan import RoundPlan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assessment:
+    candidate: Mapping[str, Metrics]
+    champion: Mapping[str, Metrics]
+    evaluation: Participation
+    pooled: Mapping[str, float]
+    gate: GateDecision
+    compute_s: float
+
+
+def _metrics(raw: Mapping[str, float]) -> Metrics:
+    try:
+        return Metrics(n=int(raw["n"]), accuracy=float(raw["accuracy"]), roc_auc=float(raw["roc_auc"]),
+                       log_loss=float(raw["log_loss"]))
+    except KeyError as exc:
+        raise IntegrityError(f"the report lacks the metric {exc}") from None
+
+
+def gate_json(gate: GateDecision) -> dict:
+    return {"passed": gate.passed, "metric": gate.metric, "summary": gate.summary(), "undefined": list(gate.undefined),
+            "checks": [asdict(c) for c in gate.checks]}
+
+
+@task(name="gate", task_run_name="gate", cache_policy=NONE, persist_result=False)
+def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes: list) -> Assessment:
+    """Read every silo's evaluation report, pool the metrics and run the fairness gate."""
+    exchange = exchange_for(config, state)
+    r = plan.round_number
+    evaluation = sort_outcomes(outcomes)
+    candidate, champion, rejected, compute_s = {}, {}, {}, 0.0
+    for silo, manifest in evaluation.manifests.items():
+        result = manifest.result
+        try:
+            if not isinstance(result, EvaluateResult):
+                raise IntegrityError("not an evaluation manifest")
+            report = EvaluationReport.from_dict(exchange.get_json(result.report))
+            if (report.federation, report.round, report.silo) != (config.federation, r, silo):
+                raise IntegrityError("report bound to another federation, round or silo")
+            scored = _metrics(report.metrics["candidate"])
+            before = _metrics(report.metrics["champion"]) if "champion" in report.metrics else None
+        except ExchangeError as exc:
+            rejected[silo] = f"evaluation rejected: {exc}"
+            continue
+        candidate[silo] = scored
+        if before is not None:
+            champion[silo] = before
+        compute_s += result.compute_s
+    if rejected:
+        evaluation = evaluation.without(rejected)
+    require_quorum(evaluation.silos_in, evaluation.out, config.policy().min_silos, f"round {r} evaluation")
+    metric = config.gate.metric
+    gate = decide(
+        {s: m.get(metric) for s, m in candidate.items()},
+        {s: m.get(metric) for s, m in champion.items()} if plan.champion_ref is not None else None,
+        config.gate,
+    )
+    return Assessment(candidate=candidate, champion=champion, evaluation=evaluation, pooled=pooled(candidate),
+                      gate=gate, compute_s=compute_s)

@@ -1,0 +1,196 @@
+"""Recording a round on the coordinator: its metrics and lineage in MLflow, its model version and
+aliases, and — last — its signed record in the exchange (the commit). The metric names and tags of
+each report come from the report itself (`fl_core.messages`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from fl_core.gate import GateDecision
+from infra.config import FederationConfig
+from infra.exchange import exchange_for
+from infra.keystore import coordinator_identity
+from infra.provenance import code_version
+from infra.state import StateDir
+from infra.tracking import CANDIDATE, CHAMPION, TAG, tracker_for
+from tasks.aggregate import Aggregate
+from tasks.common import model_card, record_header
+from tasks.gate import Assessment, gate_json
+from tasks.job import attack_tag
+from tasks.participation import sort_outcomes
+from tasks.plan import RoundPlan
+from validation.summary import ValidationSummary
+
+
+def round_metrics(aggregated: Aggregate, assessment: Assessment, timings: Mapping[str, float]) -> dict[str, float]:
+    """Every metric of a round, as the job run and the round run log it (step = round)."""
+    metrics: dict[str, float] = {f"global.{k}": v for k, v in assessment.pooled.items()}
+    for silo, m in assessment.candidate.items():
+        for name in ("accuracy", "roc_auc", "log_loss"):
+            metrics[f"silo.{silo}.{name}"] = m.get(name)
+    training = aggregated.training
+    for silo in training.manifests:
+        metrics.update(training.train(silo).metrics(silo))
+    for silo, release in aggregated.spent.items():
+        metrics.update(release.metrics(silo))
+    if aggregated.privacy is not None:  # silo level
+        metrics.update(aggregated.privacy.metrics())
+    if aggregated.anomaly is not None:
+        metrics.update(aggregated.anomaly.metrics())
+    metrics["silos.in"] = float(len(training.silos_in))
+    metrics["silos.out"] = float(len(training.out))
+    if aggregated.secure is not None:
+        metrics.update(aggregated.secure.metrics())
+    metrics["gate.passed"] = 1.0 if assessment.gate.passed else 0.0
+    for check in assessment.gate.checks:
+        metrics[f"gate.{check.name}"] = check.value
+    metrics.update({f"time.{k}": v for k, v in timings.items()})
+    return metrics
+
+
+def lineage_tags(
+    config: FederationConfig, plan: RoundPlan, aggregated: Aggregate, gate: GateDecision, fingerprints: dict,
+    job_run_id: str,
+) -> dict[str, str]:
+    """The tags a model version carries so that an auditor can trace it: where it came from (parent
+    version, exchange object and digest), what went in (silos, data fingerprints, config and code
+    versions) and why it was or was not promoted."""
+    training = aggregated.training
+    lineage = {
+        f"{TAG}federation": config.federation,
+        f"{TAG}round": str(plan.round_number),
+        f"{TAG}parent_version": plan.parent_version or "none",
+        f"{TAG}silos_in": ",".join(training.silos_in),
+        f"{TAG}silos_out": json.dumps(training.out, sort_keys=True) if training.out else "none",
+        f"{TAG}roster_version": str(plan.roster_version),
+        f"{TAG}config_hash": config.config_hash(),
+        f"{TAG}contract_hash": config.contract.contract_hash(),
+        f"{TAG}code_version": code_version(),
+        f"{TAG}aggregation": f"{config.aggregation.mode}/{config.aggregation.rule}"
+        + (f" {json.dumps(config.aggregation.robust, sort_keys=True)}" if config.aggregation.robust else ""),
+        f"{TAG}global_sha256": aggregated.global_ref.sha256,
+        f"{TAG}exchange_key": aggregated.global_ref.key,
+        f"{TAG}job_run_id": job_run_id,
+        f"{TAG}gate": "passed" if gate.passed else "failed",
+        f"{TAG}gate.metric": gate.metric,
+        f"{TAG}gate.summary": gate.summary(),
+    }
+    if config.attack is not None:
+        lineage[f"{TAG}attack"] = attack_tag(config)
+    for silo in training.manifests:
+        release = training.train(silo).privacy
+        if release is not None:
+            lineage[f"{TAG}dp.{silo}"] = release.describe()
+    if aggregated.privacy is not None:
+        lineage[f"{TAG}dp.federation"] = aggregated.privacy.describe()
+    if aggregated.anomaly is not None:
+        lineage[f"{TAG}anomaly"] = aggregated.anomaly.describe()
+    if aggregated.secure is not None:
+        lineage.update(aggregated.secure.tags(TAG))
+    for check in gate.checks:
+        lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
+    for silo, fp in fingerprints.items():
+        lineage[f"{TAG}data.{silo}"] = json.dumps(fp, sort_keys=True)
+    return lineage
+
+
+@task(name="register", task_run_name="register", cache_policy=NONE, persist_result=False)
+def record_round(
+    config: FederationConfig,
+    state: StateDir,
+    job_run_id: str,
+    plan: RoundPlan,
+    aggregated: Aggregate,
+    assessment: Assessment,
+    timings: dict[str, float],
+) -> dict:
+    """Log the round to MLflow, register its model version with lineage, apply the gate, commit."""
+    exchange = exchange_for(config, state)
+    tracker = tracker_for(config, state).open()
+    r = plan.round_number
+    gate = assessment.gate
+    training = aggregated.training
+    fingerprints = {}
+    for silo, summary in {**assessment.evaluation.validations, **training.validations}.items():
+        fingerprints[silo] = ValidationSummary.from_dict(summary).fingerprint()
+    record = {
+        "federation": config.federation,
+        "round": r,
+        "kind": "round",
+        "global": aggregated.global_ref.to_dict(),
+        "parent_round": r - 1,
+        "parent_version": plan.parent_version,
+        "roster_version": plan.roster_version,
+        "silos_in": training.silos_in,
+        "silos_out": training.out,
+        "evaluated": assessment.evaluation.silos_in,
+        "evaluation_out": assessment.evaluation.out,
+        "train": {
+            s: {"n_samples": t.n_samples, "steps": t.steps, "train_loss": t.train_loss}
+            for s, t in ((s, training.train(s)) for s in training.manifests)
+        },
+        "privacy": {s: p.to_dict() for s, p in aggregated.spent.items()},  # every silo that trained, in the sum or not
+        "federation_privacy": aggregated.privacy.to_dict() if aggregated.privacy is not None else None,
+        "anomaly": aggregated.anomaly.to_dict() if aggregated.anomaly is not None else None,
+        "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
+        "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
+        "champion_version_before": plan.champion_version,
+        "pooled": assessment.pooled,
+        "secure": aggregated.secure.to_dict() if aggregated.secure is not None else None,
+        "gate": gate_json(gate),
+        "data": fingerprints,
+        "config_hash": config.config_hash(),
+        "code_version": code_version(),
+    }
+    lineage = lineage_tags(config, plan, aggregated, gate, fingerprints, job_run_id)
+
+    round_run = tracker.start_round(
+        job_run_id, r, name=f"{config.federation}/r{r:03d}",
+        tags={f"{TAG}gate": lineage[f"{TAG}gate"], f"{TAG}silos_in": lineage[f"{TAG}silos_in"]},
+    )
+    try:
+        tracker.log_json(round_run, "gate.json", record["gate"])
+        existing = tracker.version_for_round(r)
+        if existing is not None:
+            version = existing.version  # registered by an interrupted attempt: never register a round twice
+        else:
+            vector = exchange.get_vector(aggregated.global_ref)
+            version = tracker.register_round_model(
+                round_run, r, vector, model_card(config.contract, config.model, config.federation, r), lineage,
+            )
+        tracker.set_alias(CANDIDATE, version)
+        if gate.passed:
+            tracker.set_alias(CHAMPION, version)
+        record["version"] = version
+        record["promoted"] = gate.passed
+        record["champion_version"] = version if gate.passed else plan.champion_version
+        timings = {k: v for k, v in timings.items() if k != "started_at"} | {"round_s": time.time() - timings["started_at"]}
+        record["timings"] = timings
+        metrics = round_metrics(aggregated, assessment, timings)
+        tracker.log_metrics(job_run_id, metrics, step=r)
+        tracker.log_metrics(round_run, metrics, step=r)
+        tracker.set_tags(round_run, {f"{TAG}version": version})
+        tracker.log_json(round_run, "round.json", record)
+    except BaseException:
+        tracker.end_run(round_run, "FAILED")
+        raise
+    tracker.end_run(round_run, "FINISHED")
+    exchange.put_signed_json(exchange.record_key(r), record, coordinator_identity(state),
+                             record_header(config.federation, r))
+    return record
+
+
+@task(name="log-validations", task_run_name="log-validations", cache_policy=NONE, persist_result=False)
+def log_validations(config: FederationConfig, state: StateDir, job_run_id: str, round_number: int, phase: str,
+                    outcomes: list) -> None:
+    """Log every silo's row-free validation summary for this phase to the job run, as soon as the
+    phase ends (so a round that aborts later still leaves them)."""
+    participation = sort_outcomes(outcomes)
+    payload = {"round": round_number, "phase": phase, "summaries": dict(participation.validations),
+               "sat_out": dict(participation.out)}
+    tracker_for(config, state).open().log_json(job_run_id, f"validation/r{round_number:03d}-{phase}.json", payload)
