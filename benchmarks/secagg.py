@@ -17,6 +17,12 @@ run alternately with fedsilo's code for the same setting so that clock-speed dri
   after sharing their keys: verify the reveal messages, reconstruct every survivor's self-mask seed
   and every dropped silo's mask key from Shamir shares (checked against commitments), regenerate
   and remove all those masks.
+- all parties of one round: `fl_core.secagg.simulate.run_round` at n = 100, d = 1e5 (both modes):
+  every silo's four phases plus the coordinator's, summed, with each phase's share, against its
+  floor on this machine: the Ed25519 verifications every party must make (each silo checks every
+  peer's signed keys and signed shares message; the coordinator every message once), one X25519
+  agreement per pair and key pair (share encryption, masks) and the n x n + n keystreams of d
+  values (the limit above), each priced at the rate measured beside the round.
 - Flower: the same two steps with Flower's SecAgg+ helpers (PyPI `flwr`, installed only in
   benchmarks/.venv-flower, never a dependency of fedsilo), run in that environment by
   benchmarks/flower_secagg_peer.py, with every client a neighbour of every other. Flower's
@@ -24,11 +30,12 @@ run alternately with fedsilo's code for the same setting so that clock-speed dri
   from a stratified 10 % of its per-client reconstructions (labelled as such in the output).
 
     python benchmarks/secagg.py           # n = 10, 50, 100; d = 1e5, 1e6; Flower at n = 100, d = 1e6
-    python benchmarks/secagg.py --quick   # the same code at d = 1e5 only (under a minute)
+    python benchmarks/secagg.py --quick   # the same code at d = 1e5 only (about a minute)
 
 Last line: JSON with `client_mask_ratio_to_limit`, `client_speedup_vs_flower`,
 `server_unmask_speedup_vs_flower`, `server_unmask_ratio_to_limit` (n = 100; d = 1e6, or 1e5 with
---quick), plus the other measurements.
+--quick), `all_party_s_100_1e5` and `all_party_floor_s_100_1e5` (n = 100, d = 1e5 in both modes),
+plus the other measurements.
 """
 
 from __future__ import annotations
@@ -48,9 +55,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fl_core.secagg import client, crypto, prg, server  # noqa: E402
+from fl_core.secagg import client, crypto, prg, server, simulate  # noqa: E402
 from fl_core.secagg.client import RoundContext  # noqa: E402
-from fl_core.secagg.simulate import identities_for  # noqa: E402
+from fl_core.secagg.simulate import PHASES, identities_for  # noqa: E402
 
 
 # -- the physical limit -------------------------------------------------------------------------------
@@ -186,6 +193,97 @@ class Protocol:
         return server.unmask(self.ctx, self.masked, self.adverts, self.shares, self.reveals, self.public)
 
 
+# -- all parties of one round -------------------------------------------------------------------------
+class PrimitiveCosts:
+    """What one Ed25519 verification (of a message the size of a signed advert, and of a shares
+    message to n - 1 peers) and one X25519 agreement cost here, timed with the keys decoded."""
+
+    def __init__(self, n: int) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        identity = crypto.new_identity()
+        self.public = Ed25519PublicKey.from_public_bytes(crypto.identity_public(identity))
+        header = {"federation": "bench", "round": 1, "phase": client.KEYS, "sender": "s000"}
+        advert = crypto.seal(identity, header, {"enc": crypto.b64(os.urandom(32)), "mask": crypto.b64(os.urandom(32))})
+        blob = crypto.NONCE_BYTES + 2 * 33 + 16  # nonce, two 33-byte shares, GCM tag
+        ciphertexts = {f"s{i:03d}": crypto.b64(os.urandom(blob)) for i in range(1, n)}
+        shares = crypto.seal(identity, dict(header, phase=client.SHARES),
+                             {"commitment": "0" * 64, "ciphertexts": ciphertexts})
+        self.messages = {name: (e.signature, e.signed_bytes()) for name, e in (("advert", advert), ("shares", shares))}
+        self.envelopes = {"advert": advert, "shares": shares}
+        self.private = X25519PrivateKey.generate()
+        self.peer = X25519PrivateKey.generate().public_key()
+
+    def seconds(self, count: int = 400) -> dict[str, float]:
+        out = {}
+        for name, (signature, data) in self.messages.items():
+            start = time.perf_counter()
+            for _ in range(count):
+                self.public.verify(signature, data)
+            out[f"verify_{name}"] = (time.perf_counter() - start) / count
+            start = time.perf_counter()
+            for _ in range(count):
+                self.envelopes[name].signed_bytes()
+            out[f"encode_{name}"] = (time.perf_counter() - start) / count
+        start = time.perf_counter()
+        for _ in range(count):
+            self.private.exchange(self.peer)
+        out["agree"] = (time.perf_counter() - start) / count
+        return out
+
+
+def all_party(n: int, d: int, repeats: int, limit: Limit) -> dict:
+    """Every party's work for one round (`simulate.run_round`, nobody dropping), its phases, and its
+    floor priced at rates measured right after each run: (n + 1) n verifications of signed keys
+    (every silo checks every advert, the coordinator once), n (n - 1) + n of shares messages, 2n of
+    the small masked and unmask messages, 2 n (n - 1) agreements (one per pair and key pair) and
+    n x n + n keystreams of d values (n per silo, n self masks at the coordinator)."""
+    roster = tuple(f"s{i:03d}" for i in range(n))
+    ctx = RoundContext(federation="bench:all-party", round_number=1, roster=roster, threshold=n // 2 + 1)
+    rng = np.random.default_rng(2)
+    inputs = {s: rng.integers(0, 2**32, size=d, dtype=np.uint32) for s in roster}
+    expected = np.sum([v.astype(np.uint64) for v in inputs.values()], axis=0) % 2**32
+    costs = PrimitiveCosts(n)
+    runs, floors, encodes, phases = [], [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        transcript = simulate.run_round(ctx, inputs)
+        runs.append(time.perf_counter() - start)
+        if not np.array_equal(transcript.result.total, expected.astype(np.uint32)):
+            raise SystemExit("the round's unmasked sum is wrong")
+        phases.append(transcript.seconds)
+        rate = costs.seconds()
+        start = time.perf_counter()
+        limit.run(n * n + n, d)
+        masks = time.perf_counter() - start
+        verify = ((n + 1) * n + 2 * n) * rate["verify_advert"] + (n * (n - 1) + n) * rate["verify_shares"]
+        floors.append({"verify": verify, "agree": 2 * n * (n - 1) * rate["agree"], "masks": masks})
+        encodes.append((n + 1) * n * rate["encode_advert"] + (n * (n - 1) + n) * rate["encode_shares"])
+    k = sorted(range(repeats), key=runs.__getitem__)[repeats // 2]  # the median run
+    ours, floor, phase = runs[k], floors[k], phases[k]
+    total_floor = sum(floor.values())
+    size = f"{d:.0e}".replace("e+0", "e")  # 1e5
+    print(f"\nall parties of one round, n = {n}, d = {size} (simulate.run_round, nobody dropping; "
+          f"the median of {repeats} runs, each followed by its floor):")
+    print(f"{'phase':>8} {'silos s':>9} {'server s':>9}")
+    for name in PHASES:
+        print(f"{name:>8} {phase[f'{name}.silos']:>9.3f} {phase[f'{name}.server']:>9.3f}")
+    print(f"{'total':>8} {ours:>9.3f} s all parties; floor {total_floor:.3f} s "
+          f"(verify {floor['verify']:.3f} + agree {floor['agree']:.3f} + masks {floor['masks']:.3f}); "
+          f"ratio {ours / total_floor:.2f}")
+    print(f"(of ours, re-encoding the signed messages as canonical JSON for their verifiers: {encodes[k]:.3f} s)")
+    tag = f"{n}_{size}"
+    figures = {f"all_party_s_{tag}": round(ours, 3), f"all_party_floor_s_{tag}": round(total_floor, 3),
+               f"all_party_ratio_to_floor_{tag}": round(ours / total_floor, 3),
+               f"all_party_floor_verify_s_{tag}": round(floor["verify"], 3),
+               f"all_party_floor_agree_s_{tag}": round(floor["agree"], 3),
+               f"all_party_floor_masks_s_{tag}": round(floor["masks"], 3),
+               f"all_party_encode_s_{tag}": round(encodes[k], 3)}
+    figures.update({f"all_party_{key.replace('.', '_')}_s_{tag}": round(v, 3) for key, v in phase.items()})
+    return figures
+
+
 # -- Flower -------------------------------------------------------------------------------------------
 def flower(n: int, d: int, dropout: float, repeats: int, sample: float) -> dict | None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -260,6 +358,8 @@ def main() -> None:
         server_unmask_ratio_to_limit=round(unmask_s / unmask_limit, 3),
         client_masked_phase_s=round(whole_client, 3),
     )
+
+    figures.update(all_party(n, 100_000, 3, limit))
 
     # Flower's unmasking spends minutes in Shamir reconstruction at n = 100; --quick times a stratified
     # 10 % of its per-client reconstructions and scales them up (flower_secagg_peer.py --sample).

@@ -58,6 +58,14 @@ class RoundContext:
         except ValueError:
             raise UnknownSilo(f"{silo!r} is not in the round's roster") from None
 
+    def positions(self) -> dict[str, int]:
+        """silo -> x for the whole roster (`x` for many silos at once)."""
+        return {silo: k for k, silo in enumerate(self.roster, 1)}
+
+    def round_keys(self) -> crypto.RoundKeys:
+        """Key derivation and share encryption bound to this round."""
+        return crypto.RoundKeys(self.federation, self.round_number)
+
     def sign(self, me: str, other: str) -> int:
         return 1 if self.x(me) < self.x(other) else -1
 
@@ -68,13 +76,16 @@ class RoundContext:
         members = list(silos)
         if len(set(members)) != len(members):
             raise WrongSender(f"{name} lists a silo twice")
+        position = self.positions()
+        allowed = None if within is None else set(within)
         for silo in members:
-            self.x(silo)
-            if within is not None and silo not in within:
+            if silo not in position:
+                raise UnknownSilo(f"{silo!r} is not in the round's roster")
+            if allowed is not None and silo not in allowed:
                 raise UnknownSilo(f"{name} names {silo!r}, which is not in the previous phase's set")
         if len(members) < self.threshold:
             raise ThresholdError(f"{name} has {len(members)} silos, the threshold is {self.threshold}")
-        return sorted(members, key=self.x)
+        return sorted(members, key=position.__getitem__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,19 +190,18 @@ def share_keys(
     if peers[me]["mask"] != crypto.x25519_public(state.mask_private) or peers[me]["enc"] != crypto.x25519_public(state.enc_private):
         raise WrongSender("U1 carries keys for this silo that it did not advertise")
     seed = os.urandom(shamir.SECRET_BYTES)
-    xs = [ctx.x(v) for v in members]
-    seed_shares = shamir.split(seed, xs, ctx.threshold)
-    mask_shares = shamir.split(state.mask_private, xs, ctx.threshold)
+    position = ctx.positions()
+    seed_shares, mask_shares = shamir.split_many([seed, state.mask_private], [position[v] for v in members], ctx.threshold)
+    agree, keys = crypto.agreement(state.enc_private), ctx.round_keys()
     ciphertexts = {}
     for v in members:
         if v == me:
             continue
-        shared = crypto.agree(state.enc_private, peers[v]["enc"])
-        plain = _pack(seed_shares[ctx.x(v)], mask_shares[ctx.x(v)])
-        ciphertexts[v] = crypto.b64(crypto.encrypt_share(shared, ctx.federation, ctx.round_number, me, v, plain))
-    body = {"commitment": crypto.commitment(seed, ctx.federation, ctx.round_number, me), "ciphertexts": ciphertexts}
+        plain = _pack(seed_shares[position[v]], mask_shares[position[v]])
+        ciphertexts[v] = crypto.b64(keys.encrypt_share(agree(peers[v]["enc"]), me, v, plain))
+    body = {"commitment": keys.commitment(seed, me), "ciphertexts": ciphertexts}
     envelope = crypto.seal(identity, ctx.header(SHARES, me), body)
-    own = {"seed": seed_shares[ctx.x(me)], "mask": mask_shares[ctx.x(me)]}
+    own = {"seed": seed_shares[position[me]], "mask": mask_shares[position[me]]}
     return replace(state, self_seed=seed, peers=peers, own_shares=own), envelope
 
 
@@ -219,6 +229,7 @@ def masked_input(
     if vector.dtype != np.uint32 or vector.ndim != 1:
         raise WrongLength("the input must be a 1-D uint32 vector")
     held, bad = {}, []
+    share_agree, keys = crypto.agreement(state.enc_private), ctx.round_keys()
     for v in members:
         if v == me:
             continue
@@ -227,21 +238,22 @@ def masked_input(
                 shares[v], identities[v], federation=ctx.federation, round_number=ctx.round_number, phase=SHARES, sender=v
             )
             blob = crypto.unb64(body["ciphertexts"][me])
-            shared = crypto.agree(state.enc_private, state.peers[v]["enc"])
-            seed_share, mask_share = _unpack(crypto.decrypt_share(shared, ctx.federation, ctx.round_number, v, me, blob))
+            shared = share_agree(state.peers[v]["enc"])
+            seed_share, mask_share = _unpack(keys.decrypt_share(shared, v, me, blob))
         except (SecAggError, KeyError, TypeError):
             bad.append(v)
             continue
         held[v] = {"seed": seed_share, "mask": mask_share}
-    add = [crypto.self_mask_key(state.self_seed, ctx.federation, ctx.round_number, me)]
+    add = [keys.self_mask_key(state.self_seed, me)]
     subtract = []
+    mask_agree = crypto.agreement(state.mask_private)
+    position = ctx.positions()
     for v in members:
         if v == me:
             continue
-        shared = crypto.agree(state.mask_private, state.peers[v]["mask"])
-        low, high = sorted((me, v), key=ctx.x)
-        key = crypto.pair_mask_key(shared, ctx.federation, ctx.round_number, low, high)
-        (add if ctx.sign(me, v) > 0 else subtract).append(key)
+        low, high = (me, v) if position[me] < position[v] else (v, me)
+        key = keys.pair_mask_key(mask_agree(state.peers[v]["mask"]), low, high)
+        (add if low == me else subtract).append(key)
     masked = np.array(vector, dtype=np.uint32, copy=True)
     prg.apply_masks_inplace(masked, add=add, subtract=subtract)
     envelope = crypto.seal(identity, ctx.header(MASKED, me), {"length": len(masked), "bad_senders": sorted(bad)}, masked)

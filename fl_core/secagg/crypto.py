@@ -2,7 +2,10 @@
 
 - Key agreement: X25519 (RFC 7748); every derived key goes through HKDF-SHA256 (RFC 5869) with an
   `info` that binds it to its purpose, the federation, the round and the parties, so a key from
-  one round or pair is useless in another.
+  one round or pair is useless in another (`RoundKeys` encodes a round's prefixes once for its
+  many pairs). An advertised key of small order, with which every agreement yields the all-zero
+  secret, is refused by comparing its u-coordinate with the five of small order (Bernstein,
+  "Curve25519: new Diffie-Hellman speed records", PKC 2006).
 - Share encryption: AES-256-GCM with a fresh 96-bit nonce per message and the same binding as
   associated data.
 - Signatures: Ed25519 (RFC 8032) over a canonical encoding of a message's header, body and, for a
@@ -17,9 +20,11 @@ caller learns that a check failed, never which byte or why.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +44,13 @@ MASK_KEY_BYTES = 16  # AES-128-CTR mask keys
 
 
 def bind(*parts: str | int | bytes) -> bytes:
-    """An unambiguous encoding of a tuple (each part length-prefixed)."""
-    out = bytearray()
+    """An unambiguous encoding of a tuple (each part length-prefixed). It is a concatenation, so
+    ``bind(*a, *b) == bind(*a) + bind(*b)``: a prefix shared by many bindings is encoded once."""
+    chunks = []
     for part in parts:
         data = part if isinstance(part, bytes) else str(part).encode()
-        out += len(data).to_bytes(4, "big") + data
-    return bytes(out)
+        chunks += (len(data).to_bytes(4, "big"), data)
+    return b"".join(chunks)
 
 
 def b64(data: bytes) -> str:
@@ -53,10 +59,11 @@ def b64(data: bytes) -> str:
 
 def unb64(text: str, expected: int | None = None) -> bytes:
     try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
-    except (ValueError, AttributeError, UnicodeEncodeError):
+        raw = text.encode("ascii")
+        data = binascii.a2b_base64(raw, strict_mode=True)
+    except (ValueError, AttributeError, UnicodeEncodeError):  # binascii.Error is a ValueError
         raise WrongLength("a field is not valid base64") from None
-    if base64.b64encode(data).decode("ascii") != text:  # one encoding per value: no malleable padding bits
+    if binascii.b2a_base64(data, newline=False) != raw:  # one encoding per value: no malleable padding bits
         raise WrongLength("a field is not canonical base64")
     if expected is not None and len(data) != expected:
         raise WrongLength(f"a field has {len(data)} bytes, expected {expected}")
@@ -73,11 +80,36 @@ def new_x25519() -> tuple[bytes, bytes]:
     )
 
 
+# u-coordinates (mod p) of the points of small order: (0, 0) of order 2, u = 1 and u = p - 1 of
+# order 4 (one on the curve, one on its twist) and the two of order 8 (Bernstein, PKC 2006, and
+# cr.yp.to/ecdh.html). No other u-coordinate has a small order: every u is on the curve (order 8ℓ)
+# or its twist (order 4ℓ'), and A² - 4 is not a square, so (0, 0) is the only point of order 2.
+_P25519 = 2**255 - 19
+_SMALL_ORDER_U = frozenset({
+    0, 1, _P25519 - 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+})
+
+
+def is_low_order(public: bytes) -> bool:
+    """Whether every X25519 agreement with `public` yields the all-zero secret (RFC 7748 section
+    6.1). An X25519 scalar is clamped to a multiple of 8 in [2^254, 2^255), never a multiple of the
+    large prime factor ℓ or ℓ' of the curve's or the twist's order, so the product is the neutral
+    element exactly when the point has small order; and a u-coordinate is decoded with its top
+    bit cleared, reduced mod p (RFC 7748 section 5), so the non-canonical encodings p and p + 1
+    (of 0 and 1) and the top-bit variants are caught too. The same answer as an agreement with a
+    probe scalar, without the scalar multiplication."""
+    if len(public) != 32:
+        raise WrongLength("X25519 keys are 32 bytes")
+    return (int.from_bytes(public, "little") & ((1 << 255) - 1)) % _P25519 in _SMALL_ORDER_U
+
+
 def check_x25519_public(public: bytes) -> bytes:
     """`public` if it is a usable X25519 key. A low-order point (every agreement with it yields the
-    all-zero secret, RFC 7748 section 6.1) raises `BadCiphertext`, as `agree` would later; the probe
-    scalar is arbitrary, since clamping makes every scalar a multiple of the cofactor."""
-    agree(bytes(32), public)
+    all-zero secret, RFC 7748 section 6.1) raises `BadCiphertext`, as `agree` would later."""
+    if is_low_order(public):
+        raise BadCiphertext("key agreement failed") from None
     return public
 
 
@@ -86,52 +118,101 @@ def x25519_public(private: bytes) -> bytes:
 
 
 def agree(private: bytes, public: bytes) -> bytes:
-    if len(private) != 32 or len(public) != 32:
+    return agreement(private)(public)
+
+
+def agreement(private: bytes) -> Callable[[bytes], bytes]:
+    """`lambda public: agree(private, public)` with the private key decoded once: decoding it
+    costs a scalar multiplication (the library derives the public key), as much as the agreement."""
+    if len(private) != 32:
         raise WrongLength("X25519 keys are 32 bytes")
-    try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:  # the all-zero shared secret of a low-order point
-        raise BadCiphertext("key agreement failed") from None
+    key = X25519PrivateKey.from_private_bytes(private)
+
+    def exchange(public: bytes) -> bytes:
+        if len(public) != 32:
+            raise WrongLength("X25519 keys are 32 bytes")
+        try:
+            return key.exchange(X25519PublicKey.from_public_bytes(public))
+        except ValueError:  # the all-zero shared secret of a low-order point
+            raise BadCiphertext("key agreement failed") from None
+
+    return exchange
 
 
 def _hkdf(secret: bytes, length: int, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
 
 
+@dataclass(frozen=True, slots=True)
+class RoundKeys:
+    """Key derivation, commitments and share encryption for one federation and round.
+
+    Every binding starts with (purpose, federation, round); `bind` is a concatenation, so those
+    prefixes are encoded once here and a pair's key encodes only the pair. The module's functions
+    of the same names are these methods for a single use."""
+
+    federation: str
+    round_number: int
+    _pair_mask: bytes = field(init=False, repr=False, compare=False)
+    _self_mask: bytes = field(init=False, repr=False, compare=False)
+    _commitment: bytes = field(init=False, repr=False, compare=False)
+    _share: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, purpose in (
+            ("_pair_mask", "fedsilo/secagg/pair-mask/v1"), ("_self_mask", "fedsilo/secagg/self-mask/v1"),
+            ("_commitment", "fedsilo/secagg/self-seed-commitment/v1"), ("_share", "fedsilo/secagg/share/v1"),
+        ):
+            object.__setattr__(self, name, bind(purpose, self.federation, self.round_number))
+
+    def pair_mask_key(self, shared: bytes, low: str, high: str) -> bytes:
+        """The AES key of the pairwise mask between `low` and `high` (ordered by roster position)."""
+        return _hkdf(shared, MASK_KEY_BYTES, self._pair_mask + bind(low, high))
+
+    def self_mask_key(self, seed: bytes, silo: str) -> bytes:
+        return _hkdf(seed, MASK_KEY_BYTES, self._self_mask + bind(silo))
+
+    def commitment(self, seed: bytes, silo: str) -> str:
+        return hashlib.sha256(self._commitment + bind(silo, seed)).hexdigest()
+
+    def encrypt_share(self, shared: bytes, sender: str, receiver: str, plaintext: bytes) -> bytes:
+        binding = self._share + bind(sender, receiver)
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(_hkdf(shared, 32, binding)).encrypt(nonce, plaintext, binding)
+
+    def decrypt_share(self, shared: bytes, sender: str, receiver: str, blob: bytes) -> bytes:
+        if len(blob) <= NONCE_BYTES:
+            raise BadCiphertext("share ciphertext rejected") from None
+        binding = self._share + bind(sender, receiver)
+        try:
+            return AESGCM(_hkdf(shared, 32, binding)).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], binding)
+        except InvalidTag:
+            raise BadCiphertext("share ciphertext rejected") from None
+
+
 def pair_mask_key(shared: bytes, federation: str, round_number: int, low: str, high: str) -> bytes:
     """The AES key of the pairwise mask between `low` and `high` (ordered by roster position)."""
-    return _hkdf(shared, MASK_KEY_BYTES, bind("fedsilo/secagg/pair-mask/v1", federation, round_number, low, high))
+    return RoundKeys(federation, round_number).pair_mask_key(shared, low, high)
 
 
 def self_mask_key(seed: bytes, federation: str, round_number: int, silo: str) -> bytes:
-    return _hkdf(seed, MASK_KEY_BYTES, bind("fedsilo/secagg/self-mask/v1", federation, round_number, silo))
+    return RoundKeys(federation, round_number).self_mask_key(seed, silo)
 
 
 def commitment(seed: bytes, federation: str, round_number: int, silo: str) -> str:
-    return hashlib.sha256(bind("fedsilo/secagg/self-seed-commitment/v1", federation, round_number, silo, seed)).hexdigest()
+    return RoundKeys(federation, round_number).commitment(seed, silo)
 
 
 # -- share encryption ---------------------------------------------------------------------------------
-def _share_binding(federation: str, round_number: int, sender: str, receiver: str) -> bytes:
-    return bind("fedsilo/secagg/share/v1", federation, round_number, sender, receiver)
-
-
 def encrypt_share(shared: bytes, federation: str, round_number: int, sender: str, receiver: str, plaintext: bytes) -> bytes:
-    binding = _share_binding(federation, round_number, sender, receiver)
-    key = _hkdf(shared, 32, binding)
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, binding)
+    """AES-256-GCM under a key derived from `shared` and bound (also as associated data) to the
+    federation, round, sender and receiver; a fresh 96-bit nonce from the OS RNG leads the blob."""
+    return RoundKeys(federation, round_number).encrypt_share(shared, sender, receiver, plaintext)
 
 
 def decrypt_share(shared: bytes, federation: str, round_number: int, sender: str, receiver: str, blob: bytes) -> bytes:
-    binding = _share_binding(federation, round_number, sender, receiver)
-    key = _hkdf(shared, 32, binding)
-    if len(blob) <= NONCE_BYTES:
-        raise BadCiphertext("share ciphertext rejected") from None
-    try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], binding)
-    except InvalidTag:
-        raise BadCiphertext("share ciphertext rejected") from None
+    """The plaintext of `encrypt_share`'s blob; any change to it or to the binding: `BadCiphertext`."""
+    return RoundKeys(federation, round_number).decrypt_share(shared, sender, receiver, blob)
 
 
 # -- identities and signed envelopes ------------------------------------------------------------------
@@ -155,8 +236,9 @@ def vector_digest(vector: np.ndarray) -> str:
     data = np.ascontiguousarray(vector)
     if data.dtype.byteorder == ">":
         data = data.byteswap().view(data.dtype.newbyteorder("<"))
-    head = bind("fedsilo/vector/v1", data.dtype.str.lstrip("<>|="), len(data))
-    return hashlib.sha256(head + data.tobytes()).hexdigest()
+    digest = hashlib.sha256(bind("fedsilo/vector/v1", data.dtype.str.lstrip("<>|="), len(data)))
+    digest.update(data.tobytes() if data.dtype.hasobject else data.reshape(-1).view(np.uint8))  # no copy
+    return digest.hexdigest()
 
 
 FIELDS = frozenset({"header", "body", "vector_sha256", "signature"})

@@ -221,23 +221,25 @@ def unmask(
 
     cache: dict = {}
     subtract, add = [], []
+    position, keys = ctx.positions(), ctx.round_keys()
     for u in survivors:
         seed = _reconstruct(
             ctx, seed_shares[u],
-            lambda s, u=u: crypto.commitment(s, ctx.federation, ctx.round_number, u) == shares.commitments[u],
+            lambda s, u=u: keys.commitment(s, u) == shares.commitments[u],
             f"{u}'s self-mask seed", cache,
         )
-        subtract.append(crypto.self_mask_key(seed, ctx.federation, ctx.round_number, u))
+        subtract.append(keys.self_mask_key(seed, u))
     for v in dropped:
         key = _reconstruct(
             ctx, mask_shares[v], lambda k, v=v: crypto.x25519_public(k) == adverts.keys[v]["mask"],
             f"{v}'s mask key", cache,
         )
+        agree = crypto.agreement(key)
         for u in survivors:
-            low, high = sorted((u, v), key=ctx.x)
-            pair = crypto.pair_mask_key(crypto.agree(key, adverts.keys[u]["mask"]), ctx.federation, ctx.round_number, low, high)
+            low, high = (u, v) if position[u] < position[v] else (v, u)
+            pair = keys.pair_mask_key(agree(adverts.keys[u]["mask"]), low, high)
             # u added sign(u, v) * PRG(pair); take it back out.
-            (subtract if ctx.sign(u, v) > 0 else add).append(pair)
+            (subtract if low == u else add).append(pair)
     total = np.array(masked.total, dtype=np.uint32, copy=True)
     prg.apply_masks_inplace(total, add=add, subtract=subtract)
     return Unmasked(total=total, survivors=list(survivors), recovered=list(dropped), revealers=revealers, rejected=rejected)

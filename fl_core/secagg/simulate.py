@@ -5,8 +5,9 @@ exchange."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +27,7 @@ class Transcript:
     masked: server.Masked
     masked_vectors: dict[str, np.ndarray]
     result: server.Unmasked
+    seconds: dict[str, float] = field(default_factory=dict)  # "<phase>.silos" (summed) and "<phase>.server"
 
 
 def identities_for(ctx: RoundContext) -> dict[str, Ed25519PrivateKey]:
@@ -38,7 +40,10 @@ def run_round(
     drop: Mapping[str, str] | None = None,
     identities: Mapping[str, Ed25519PrivateKey] | None = None,
 ) -> Transcript:
-    """Run one round. ``drop[silo] = phase`` makes that silo send nothing from that phase on."""
+    """Run one round. ``drop[silo] = phase`` makes that silo send nothing from that phase on.
+
+    The transcript's ``seconds`` holds each phase's work: all silos' summed and the coordinator's
+    (identity set-up and the simulation's own bookkeeping are outside every phase)."""
     drop = dict(drop or {})
     for silo, phase in drop.items():
         if phase not in PHASES:
@@ -50,37 +55,47 @@ def run_round(
     def active(silo: str, phase: str) -> bool:
         return silo not in drop or PHASES.index(phase) < PHASES.index(drop[silo])
 
+    seconds = {f"{phase}.{party}": 0.0 for phase in PHASES for party in ("silos", "server")}
+
+    def timed(key: str, step, *args):
+        start = time.perf_counter()
+        out = step(*args)
+        seconds[key] += time.perf_counter() - start
+        return out
+
     states, adverts = {}, {}
     for silo in ctx.roster:
         if silo in inputs and active(silo, client.KEYS):
-            states[silo], adverts[silo] = client.advertise(ctx, silo, identities[silo])
-    collected_adverts = server.collect_adverts(ctx, adverts, public)
+            states[silo], adverts[silo] = timed("keys.silos", client.advertise, ctx, silo, identities[silo])
+    collected_adverts = timed("keys.server", server.collect_adverts, ctx, adverts, public)
 
     share_messages = {}
     for silo in collected_adverts.u1:
         if active(silo, client.SHARES):
-            states[silo], share_messages[silo] = client.share_keys(
-                ctx, states[silo], identities[silo], collected_adverts.u1, adverts, public
+            states[silo], share_messages[silo] = timed(
+                "shares.silos", client.share_keys, ctx, states[silo], identities[silo], collected_adverts.u1, adverts, public
             )
-    collected_shares = server.collect_shares(ctx, collected_adverts.u1, share_messages, public)
+    collected_shares = timed("shares.server", server.collect_shares, ctx, collected_adverts.u1, share_messages, public)
 
     masked = {}
     for silo in collected_shares.u2:
         if active(silo, client.MASKED):
-            states[silo], envelope, vector = client.masked_input(
-                ctx, states[silo], identities[silo], collected_shares.u2, share_messages, public, inputs[silo]
+            states[silo], envelope, vector = timed(
+                "masked.silos", client.masked_input,
+                ctx, states[silo], identities[silo], collected_shares.u2, share_messages, public, inputs[silo],
             )
             masked[silo] = (envelope, vector)
-    collected_masked = server.collect_masked(ctx, collected_shares.u2, masked, public, length)
+    collected_masked = timed("masked.server", server.collect_masked, ctx, collected_shares.u2, masked, public, length)
 
     reveals = {}
     for silo in collected_masked.survivors:
         if active(silo, client.UNMASK):
-            states[silo], reveals[silo] = client.unmask(
-                ctx, states[silo], identities[silo], collected_masked.survivors, collected_masked.dropped
+            states[silo], reveals[silo] = timed(
+                "unmask.silos", client.unmask,
+                ctx, states[silo], identities[silo], collected_masked.survivors, collected_masked.dropped,
             )
-    result = server.unmask(ctx, collected_masked, collected_adverts, collected_shares, reveals, public)
+    result = timed("unmask.server", server.unmask, ctx, collected_masked, collected_adverts, collected_shares, reveals, public)
     return Transcript(
         adverts=collected_adverts, shares=collected_shares, masked=collected_masked,
-        masked_vectors={s: v for s, (_, v) in masked.items()}, result=result,
+        masked_vectors={s: v for s, (_, v) in masked.items()}, result=result, seconds=seconds,
     )

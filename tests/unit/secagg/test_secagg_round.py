@@ -118,3 +118,11 @@ def test_silos_refuse_to_mask_or_unmask_for_fewer_than_t_peers():
         client.unmask(r.ctx, r.states[me], r.identities[me], too_few, [])
     r.through_unmask()
     np.testing.assert_array_equal(r.result.total, r.expected(r.ctx.roster))
+
+
+def test_the_transcript_times_every_phase_of_every_party():
+    ctx = context(6)
+    inputs = random_inputs(ctx.roster, 64, np.random.default_rng(5))
+    seconds = simulate.run_round(ctx, inputs, {ctx.roster[0]: client.MASKED}).seconds
+    assert set(seconds) == {f"{phase}.{party}" for phase in PHASES for party in ("silos", "server")}
+    assert all(value > 0 for value in seconds.values())

@@ -105,6 +105,86 @@ def test_t_minus_one_shares_do_not_reconstruct(case):
     assert guess != secret
 
 
+# -- several secrets at once --------------------------------------------------------------------------
+def horner_mod_p(coefficients, x):
+    """The scalar reference: Horner's rule reduced mod p at every step."""
+    y = 0
+    for c in reversed(coefficients):
+        y = (y * x + c) % PRIME
+    return y
+
+
+field_elements = st.one_of(st.integers(0, 3), st.integers(0, PRIME - 1), st.just(PRIME - 1))
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    degree=st.integers(1, 14),
+    count=st.integers(1, 4),
+    xs=st.lists(st.one_of(st.integers(0, 200), st.integers(0, PRIME - 1)), min_size=1, max_size=12, unique=True),
+)
+def test_packed_evaluation_equals_horner_mod_p(data, degree, count, xs):
+    """Lanes never carry into each other, whatever the degree, the x-coordinates (up to p - 1) and
+    the coefficients (including all p - 1, the largest unreduced sums)."""
+    polynomials = [data.draw(st.lists(field_elements, min_size=degree, max_size=degree)) for _ in range(count)]
+    values = shamir.evaluate(polynomials, xs)
+    assert values == [{x: horner_mod_p(c, x) for x in xs} for c in polynomials]
+
+
+def test_packed_evaluation_at_the_extremes():
+    top = [PRIME - 1] * 60  # every lane at its largest sum, next to a zero polynomial and another maximal one
+    xs = list(range(1, 101)) + [PRIME - 1]
+    values = shamir.evaluate([top, [0] * 60, top], xs)
+    assert values[0] == values[2] == {x: horner_mod_p(top, x) for x in xs}
+    assert set(values[1].values()) == {0}
+    for bad in ([[1, 2], [3]], [[]]):
+        with pytest.raises(ValueError):
+            shamir.evaluate(bad, [1])
+    with pytest.raises(ValueError):
+        shamir.evaluate([[1, 2]], [PRIME])
+    assert shamir.evaluate([], [1, 2]) == []
+
+
+@PROPERTY
+@given(
+    secrets_=st.lists(secret_bytes, min_size=1, max_size=3),
+    xs=st.lists(positions, min_size=2, max_size=10, unique=True),
+    data=st.data(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_split_many_shares_each_secret_t_of_n(secrets_, xs, data, seed):
+    """Every t-subset of one secret's shares recovers it; t - 1 of them do not."""
+    t = data.draw(st.integers(1, len(xs)))
+    shared = shamir.split_many(secrets_, xs, t)
+    assert len(shared) == len(secrets_)
+    rng = random.Random(seed)
+    for secret, shares in zip(secrets_, shared):
+        assert sorted(shares) == sorted(xs)
+        for subset in subsets(xs, t, rng):
+            assert shamir.combine({x: shares[x] for x in subset}, t) == secret
+        if t >= 2:
+            fewer = {x: shares[x] for x in sorted(xs)[: t - 1]}
+            with pytest.raises(ThresholdError):
+                shamir.combine(fewer, t)
+            try:
+                assert shamir.combine(fewer, t - 1) != secret
+            except WrongLength:
+                pass
+
+
+def test_split_many_draws_a_fresh_polynomial_per_secret():
+    """Two equal secrets get unrelated shares (their polynomials' other coefficients are drawn apart)."""
+    secret = secrets.token_bytes(32)
+    first, second = shamir.split_many([secret, secret], [1, 2, 3, 4], 3)
+    assert first != second
+    assert shamir.combine(first, 3) == shamir.combine(second, 3) == secret
+    with pytest.raises(WrongLength):
+        shamir.split_many([secret, secret[:31]], [1, 2, 3], 2)
+    with pytest.raises(ThresholdError):
+        shamir.split_many([secret], [1, 2, 3], 4)
+
+
 # -- t - 1 shares reveal nothing ------------------------------------------------------------------------
 def _interpolate(points: dict[int, int], at: int) -> int:
     """f(at) for the polynomial of degree < len(points) through `points`, with `lagrange_at_zero`
