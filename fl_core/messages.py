@@ -160,9 +160,11 @@ class Order:
     phase: str
     silos: tuple[str, ...]
     refs: Mapping[str, ObjectRef] = field(default_factory=dict)
+    attempt: str = ""  # which attempt at the round: a redone round's orders never reach an old attempt's runs
 
     def body(self) -> dict[str, Any]:
-        return {"v": VERSION, "silos": sorted(self.silos), "refs": {k: r.to_dict() for k, r in sorted(self.refs.items())}}
+        return {"v": VERSION, "silos": sorted(self.silos), "attempt": self.attempt,
+                "refs": {k: r.to_dict() for k, r in sorted(self.refs.items())}}
 
     def addressed_to(self, silo: str) -> bool:
         return silo in self.silos
@@ -175,7 +177,8 @@ class Order:
         if not isinstance(refs, Mapping):
             raise BadSignature("message rejected")
         return cls(federation=federation, round=round_number, phase=phase, silos=_strs(body, "order", "silos"),
-                   refs={str(k): ObjectRef.from_dict(v) for k, v in refs.items()})
+                   refs={str(k): ObjectRef.from_dict(v) for k, v in refs.items()},
+                   attempt=_str(body, "order", "attempt", ""))
 
 
 def seal_order(identity, order: Order) -> dict[str, Any]:
@@ -184,11 +187,12 @@ def seal_order(identity, order: Order) -> dict[str, Any]:
 
 
 def open_order(signed: Any, coordinator_public: bytes, federation: str, round_number: int, phase: str,
-               silo: str | None = None) -> Order:
+               silo: str | None = None, attempt: str | None = None) -> Order:
     """The order, if the coordinator signed it for this federation, round and phase (and, with
-    `silo`, named that silo); otherwise a `SecAggError` subclass: `BadSignature` (forged, edited,
-    unsigned), `StaleMessage` (another round, phase or federation), `WrongSender` (not addressed to
-    `silo`). Nothing is to be done on a refused order."""
+    `silo`, named that silo; with `attempt`, for that attempt at the round); otherwise a `SecAggError`
+    subclass: `BadSignature` (forged, edited, unsigned), `StaleMessage` (another round, phase,
+    federation or attempt), `WrongSender` (not addressed to `silo`). Nothing is to be done on a
+    refused order."""
     envelope = crypto.Envelope.from_dict(signed)  # BadSignature if it is not an envelope
     body = crypto.open_envelope(envelope, coordinator_public, federation=federation, round_number=round_number,
                                 phase=phase, sender=COORDINATOR)
@@ -196,6 +200,9 @@ def open_order(signed: Any, coordinator_public: bytes, federation: str, round_nu
         order = Order.from_body(federation, round_number, phase, body)
     except MalformedMessage:
         raise BadSignature("message rejected") from None
+    if attempt is not None and order.attempt != attempt:
+        raise StaleMessage(f"the coordinator's order for round {round_number} {phase} belongs to another attempt at "
+                           "the round")
     if silo is not None and not order.addressed_to(silo):
         raise WrongSender(f"the coordinator's order for round {round_number} {phase} is not addressed to {silo}")
     return order

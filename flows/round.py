@@ -13,6 +13,7 @@ has the silos publish their updates and merges them directly.
 from __future__ import annotations
 
 import time
+import uuid
 
 from prefect import flow
 from prefect.utilities.annotations import quote
@@ -46,7 +47,7 @@ def make_dispatcher(config, state) -> Dispatcher:
 
         return WorkPoolDispatcher(config, exchange_for(config, state))
     parallel = config.dispatch.parallel or default_parallel(len(config.silos))
-    return InProcessDispatcher(lambda silo, r: SiloRound(config, state, silo, r), parallel)
+    return InProcessDispatcher(lambda silo, r, attempt: SiloRound(config, state, silo, r, attempt), parallel)
 
 
 def phases_per_round(mode: str) -> int:
@@ -64,19 +65,20 @@ class _Round:
         self.timings: dict[str, float] = {}
         self.plan = None
         self.opened = False
+        self.attempt = uuid.uuid4().hex[:16]  # this attempt at the round (a redone round gets a new one)
 
     def start(self, plan) -> None:
         """From here on the round's roster decides: who takes part, whose signatures count."""
         self.plan = plan
         self.dispatcher = Verified(self.dispatcher, self.config.federation, plan.keys)
         began = time.perf_counter()
-        self.dispatcher.open_round(self.round_number, list(plan.silos))
+        self.dispatcher.open_round(self.round_number, self.attempt, list(plan.silos))
         self.opened = True
         self.timings["open_s"] = time.perf_counter() - began
 
     def call(self, phase: str, silos: list[str], refs: dict) -> PhaseCall:
         order = Order(federation=self.config.federation, round=self.round_number, phase=phase, silos=tuple(silos),
-                      refs=refs)
+                      refs=refs, attempt=self.attempt)
         return PhaseCall(order=order, signed=seal_order(self.identity, order))
 
     def phase(self, phase: str, silos: list[str], refs: dict, timing: str) -> list[SiloOutcome]:

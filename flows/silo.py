@@ -14,6 +14,7 @@ computes is a Prefect result.
 
 from __future__ import annotations
 
+import re
 import time
 
 from prefect import flow, get_run_logger
@@ -27,6 +28,7 @@ from infra.state import resolve_state_dir
 from tasks.silo_round import SiloRound
 
 CANCEL_CHECK_S = 2.0
+ATTEMPT = re.compile(r"[0-9a-f]{8,32}")  # a round attempt's id: it becomes part of object keys
 
 
 def silo_run_name() -> str:
@@ -66,12 +68,14 @@ class _CancelWatch:
 
 
 @flow(name="silo", flow_run_name=silo_run_name, persist_result=False, result_serializer="json", log_prints=False)
-def silo_flow(federation: str, silo_id: str, round_number: int, config_path: str) -> dict:
+def silo_flow(federation: str, silo_id: str, round_number: int, attempt: str, config_path: str) -> dict:
     config = silo_config(config_path, federation, silo_id)
+    if not ATTEMPT.fullmatch(attempt):
+        raise ConfigError(f"attempt {attempt!r} is not an attempt id")
     state = resolve_state_dir()
-    party = SiloRound(config, state, silo_id, round_number)
+    party = SiloRound(config, state, silo_id, round_number, attempt)
     dispatch = config.dispatch
-    mailbox = SiloMailbox(party.exchange, round_number, silo_id, backoff=Backoff(cap_s=dispatch.poll_s),
+    mailbox = SiloMailbox(party.exchange, round_number, attempt, silo_id, backoff=Backoff(cap_s=dispatch.poll_s),
                           timeout_s=dispatch.phase_timeout_s + 60.0, stopped=_CancelWatch())
     logger = get_run_logger()
     answered, skipped = [], []

@@ -83,7 +83,7 @@ class Dispatcher(Protocol):
         """Before a round: end whatever silo work an interrupted round left going; returns what it ended."""
         ...
 
-    def open_round(self, round_number: int, silos: Sequence[str]) -> None: ...
+    def open_round(self, round_number: int, attempt: str, silos: Sequence[str]) -> None: ...
 
     def run(self, call: PhaseCall, on_done: OnDone | None = None) -> list[Delivery]: ...
 
@@ -120,10 +120,10 @@ def share_cores(parallel: int) -> int:
 
 
 class InProcessDispatcher:
-    """Every silo's `SiloParty` in this process, made by `make_party(silo, round)` when the round
+    """Every silo's `SiloParty` in this process, made by `make_party(silo, round, attempt)` when the round
     opens; a phase runs the named silos concurrently, at most `parallel` at a time."""
 
-    def __init__(self, make_party: Callable[[str, int], SiloParty], parallel: int, limit_threads: bool = True):
+    def __init__(self, make_party: Callable[[str, int, str], SiloParty], parallel: int, limit_threads: bool = True):
         self.make_party = make_party
         self.parallel = max(1, parallel)
         self.limit_threads = limit_threads
@@ -134,14 +134,14 @@ class InProcessDispatcher:
     def settle(self) -> list[str]:
         return []  # a silo's part in this process ends with the process
 
-    def open_round(self, round_number: int, silos: Sequence[str]) -> None:
+    def open_round(self, round_number: int, attempt: str, silos: Sequence[str]) -> None:
         if self.limit_threads:
             share_cores(min(self.parallel, len(silos)))
         self.parties = {}
         errors = {}
         for silo in silos:
             try:
-                self.parties[silo] = self.make_party(silo, round_number)
+                self.parties[silo] = self.make_party(silo, round_number, attempt)
             except Exception as exc:  # the silo cannot take part in this round at all
                 errors[silo] = describe_error(exc)
         self._unavailable = errors
@@ -194,8 +194,8 @@ class Verified:
     def settle(self) -> list[str]:
         return self.inner.settle()
 
-    def open_round(self, round_number: int, silos: Sequence[str]) -> None:
-        self.inner.open_round(round_number, silos)
+    def open_round(self, round_number: int, attempt: str, silos: Sequence[str]) -> None:
+        self.inner.open_round(round_number, attempt, silos)
 
     def close_round(self, end: PhaseCall | None) -> None:
         self.inner.close_round(end)

@@ -5,8 +5,8 @@ Layout (see DESIGN.md, "Exchange layout"):
     federations/<federation>/rounds/<r>/global.arrow          global model after round r (r = 0: initial)
     federations/<federation>/rounds/<r>/train/<silo>.arrow    a silo's update in round r
     federations/<federation>/rounds/<r>/evaluate/<silo>.json  a silo's evaluation report
-    federations/<federation>/rounds/<r>/orders/<phase>.json   the coordinator's signed order for a phase
-    federations/<federation>/rounds/<r>/manifests/<phase>/<silo>.json  a silo's signed answer to it
+    federations/<federation>/rounds/<r>/orders/<attempt>/<phase>.json   the coordinator's signed order for a phase
+    federations/<federation>/rounds/<r>/manifests/<attempt>/<phase>/<silo>.json  a silo's signed answer to it
     federations/<federation>/rounds/<r>/round.json            the round record, written last (commit)
     federations/<federation>/rounds/<r>/round.json.sig        the coordinator's signature of the record
 
@@ -76,19 +76,19 @@ class Exchange:
     def evaluation_key(self, round_number: int, silo: str) -> str:
         return f"{self.round_prefix(round_number)}/evaluate/{silo}.json"
 
-    def manifests_prefix(self, round_number: int, phase: str) -> str:
-        return f"{self.round_prefix(round_number)}/manifests/{phase}"
+    def manifests_prefix(self, round_number: int, attempt: str, phase: str) -> str:
+        return f"{self.round_prefix(round_number)}/manifests/{attempt}/{phase}"
 
-    def manifest_key(self, round_number: int, phase: str, silo: str) -> str:
+    def manifest_key(self, round_number: int, attempt: str, phase: str, silo: str) -> str:
         """A silo's signed manifest of one phase (federated mode: the coordinator reads it here)."""
-        return f"{self.manifests_prefix(round_number, phase)}/{silo}.json"
+        return f"{self.manifests_prefix(round_number, attempt, phase)}/{silo}.json"
 
-    def orders_prefix(self, round_number: int) -> str:
-        return f"{self.round_prefix(round_number)}/orders"
+    def orders_prefix(self, round_number: int, attempt: str) -> str:
+        return f"{self.round_prefix(round_number)}/orders/{attempt}"
 
-    def order_key(self, round_number: int, phase: str) -> str:
+    def order_key(self, round_number: int, attempt: str, phase: str) -> str:
         """The coordinator's signed order for one phase (federated mode: the silos' runs read it here)."""
-        return f"{self.orders_prefix(round_number)}/{phase}.json"
+        return f"{self.orders_prefix(round_number, attempt)}/{phase}.json"
 
     def record_key(self, round_number: int) -> str:
         return f"{self.round_prefix(round_number)}/round.json"

@@ -67,9 +67,12 @@ def coordinator_identity(state: StateDir) -> Ed25519PrivateKey:
 class RoundSecrets:
     """A silo's secure-aggregation state for one round of one federation."""
 
-    def __init__(self, state: StateDir, silo_id: str, federation: str, round_number: int):
+    def __init__(self, state: StateDir, silo_id: str, federation: str, round_number: int, attempt: str = ""):
+        """One attempt at the round: a run of an interrupted attempt that is still going never shares
+        (or overwrites) the secrets of the attempt that redoes the round."""
         self.folder = state.silo(silo_id) / "secagg"
-        self.stem = f"{federation}-r{round_number}"
+        self.round_stem = f"{federation}.r{round_number}"  # '.' cannot occur in a federation id
+        self.stem = self.round_stem + (f".{attempt}" if attempt else "")
 
     @property
     def _state_path(self) -> Path:
@@ -112,6 +115,13 @@ class RoundSecrets:
             return np.load(self._update_path)
         except FileNotFoundError:
             raise StateError(f"no local update for {self.stem} on this silo (it did not train this round)") from None
+
+    def forget_other_attempts(self) -> None:
+        """Delete what an interrupted attempt at this round left on this silo's disk."""
+        own = {self._state_path.name, self._update_path.name}
+        for path in self.folder.glob(f"{self.round_stem}.*"):
+            if path.name not in own:
+                path.unlink(missing_ok=True)
 
     def forget(self) -> None:
         for path in (self._state_path, self._update_path):

@@ -2,8 +2,10 @@
 
 In federated mode a silo takes part in a round through one flow run that lives for the whole round;
 the coordinator drives its phases by writing each phase's signed order to
-``rounds/<r>/orders/<phase>.json`` (and ``end.json`` when the round is over), and the silo answers
-each with its signed manifest at ``rounds/<r>/manifests/<phase>/<silo>.json``. Both sides poll with
+``rounds/<r>/orders/<attempt>/<phase>.json`` (and ``end.json`` when the round is over), and the
+silo answers each with its signed manifest at ``rounds/<r>/manifests/<attempt>/<phase>/<silo>.json``
+(``attempt``: a fresh id for each attempt at the round, so that a run left by an interrupted attempt
+never sees, nor answers, the orders of the attempt that redoes the round). Both sides poll with
 back-off (`Backoff`: 50 ms growing to a cap), one listing per poll. Objects are written once: an
 order already present when the coordinator writes its own means someone else wrote into the round,
 which stops it (`IntegrityError`); a planted or replayed order is refused by the silo's signature
@@ -42,10 +44,11 @@ def _name(key: str) -> str:
 class SiloMailbox:
     """A silo's side: wait for the order of a phase, post the manifest."""
 
-    def __init__(self, exchange: Exchange, round_number: int, silo: str, *, backoff: Backoff, timeout_s: float,
+    def __init__(self, exchange: Exchange, round_number: int, attempt: str, silo: str, *, backoff: Backoff,
+                 timeout_s: float,
                  stopped: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
-        self.exchange, self.round_number, self.silo = exchange, round_number, silo
+        self.exchange, self.round_number, self.attempt, self.silo = exchange, round_number, attempt, silo
         self.backoff, self.timeout_s, self.stopped = backoff, timeout_s, stopped
         self.clock, self.sleep = clock, sleep
 
@@ -54,7 +57,7 @@ class SiloMailbox:
         ended (the coordinator's end order), the run was asked to stop, or no order came within
         `timeout_s`."""
         deadline = self.clock() + self.timeout_s
-        prefix = self.exchange.orders_prefix(self.round_number)
+        prefix = self.exchange.orders_prefix(self.round_number, self.attempt)
         for delay in self.backoff.delays():
             present = {_name(key) for key in self.exchange.store.list(prefix)}
             if phase in present:
@@ -64,29 +67,25 @@ class SiloMailbox:
             self.sleep(delay)
         return None  # unreachable: the delays never end
 
-    def ended(self) -> dict | None:
-        """The coordinator's end order, if it has written one."""
-        key = self.exchange.order_key(self.round_number, END)
-        return self._read(END) if self.exchange.store.exists(key) else None
-
     def _read(self, phase: str) -> dict:
         try:
-            return json.loads(self.exchange.store.get(self.exchange.order_key(self.round_number, phase)))
+            return json.loads(self.exchange.store.get(self.exchange.order_key(self.round_number, self.attempt, phase)))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {}  # not an envelope: the signature check refuses it
 
     def post(self, phase: str, signed_manifest: dict) -> ObjectRef:
-        return self.exchange.put_json(self.exchange.manifest_key(self.round_number, phase, self.silo), signed_manifest)
+        key = self.exchange.manifest_key(self.round_number, self.attempt, phase, self.silo)
+        return self.exchange.put_json(key, signed_manifest)
 
 
 class CoordinatorMailbox:
     """The coordinator's side: publish a phase's order, see which manifests have arrived, read one."""
 
-    def __init__(self, exchange: Exchange, round_number: int):
-        self.exchange, self.round_number = exchange, round_number
+    def __init__(self, exchange: Exchange, round_number: int, attempt: str):
+        self.exchange, self.round_number, self.attempt = exchange, round_number, attempt
 
     def publish(self, phase: str, signed_order: dict) -> None:
-        key = self.exchange.order_key(self.round_number, phase)
+        key = self.exchange.order_key(self.round_number, self.attempt, phase)
         if self.exchange.store.exists(key):
             raise IntegrityError(f"round {self.round_number}: an order for {phase} is already in the exchange "
                                  f"({key}); something else writes into this round")
@@ -97,11 +96,13 @@ class CoordinatorMailbox:
 
     def arrived(self, phase: str) -> set[str]:
         """The silos whose manifest for `phase` is in the exchange."""
-        return {_name(key) for key in self.exchange.store.list(self.exchange.manifests_prefix(self.round_number, phase))}
+        prefix = self.exchange.manifests_prefix(self.round_number, self.attempt, phase)
+        return {_name(key) for key in self.exchange.store.list(prefix)}
 
     def read(self, phase: str, silo: str) -> dict | None:
         """A silo's signed manifest as it is in the exchange (None if it is not JSON: refused unread)."""
         try:
-            return json.loads(self.exchange.store.get(self.exchange.manifest_key(self.round_number, phase, silo)))
+            key = self.exchange.manifest_key(self.round_number, self.attempt, phase, silo)
+            return json.loads(self.exchange.store.get(key))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None

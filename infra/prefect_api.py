@@ -137,7 +137,32 @@ class LocalApi:
         from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: self.url, PREFECT_CLIENT_MAX_RETRIES: int(CLIENT_RETRIES)}):
-            yield
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    self.drain()
+
+    @staticmethod
+    def drain() -> None:
+        """Send this process's pending logs and events to the server (before the server stops, or
+        the log worker would retry against a closed port at exit)."""
+        import inspect
+
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        async def drain_workers() -> None:
+            with contextlib.suppress(RuntimeError):  # a worker that never started
+                result = APILogWorker.instance().drain()
+                if inspect.isawaitable(result):
+                    await result
+            result = EventsWorker.drain_all()
+            if inspect.isawaitable(result):
+                await result
+
+        run_coro_as_sync(drain_workers())
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -154,4 +179,6 @@ class LocalApi:
         return self.start().wait()
 
     def __exit__(self, *exc) -> None:
+        with contextlib.suppress(Exception):  # best effort: the server stops either way
+            self.drain()
         self.stop()

@@ -42,7 +42,7 @@ from fl_core.errors import ConfigError
 from infra.config import load_config
 from infra.workpools import silo_deployment
 
-PARAMETERS = frozenset({"federation", "silo_id", "round_number", "config_path"})
+PARAMETERS = frozenset({"federation", "silo_id", "round_number", "attempt", "config_path"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import io
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,23 +173,23 @@ class WorkPoolDispatcher:
         self.mailbox: CoordinatorMailbox | None = None
 
     # -- a round's runs ------------------------------------------------------------------------------
-    def open_round(self, round_number: int, silos: Sequence[str]) -> None:
+    def open_round(self, round_number: int, attempt: str, silos: Sequence[str]) -> None:
         """Create every silo's flow run of the round at once (at most `create_concurrency` requests in
         flight), each linked to the calling round's flow run as its child in the run graph."""
         self.round_number, self.runs, self.unavailable = round_number, {}, {}
-        self.mailbox = CoordinatorMailbox(self.exchange, round_number)
-        created = asyncio.run(self._create_all(round_number, list(silos)))
+        self.mailbox = CoordinatorMailbox(self.exchange, round_number, attempt)
+        created = asyncio.run(self._create_all(round_number, attempt, list(silos)))
         for silo, (run_id, error) in created.items():
             if run_id is not None:
                 self.runs[silo] = run_id
             else:
                 self.unavailable[silo] = f"could not start its flow run: {error}"
 
-    async def _create_all(self, round_number: int, silos: list[str]) -> dict[str, tuple[object | None, str | None]]:
+    async def _create_all(self, round_number: int, attempt: str, silos: list[str]
+                          ) -> dict[str, tuple[object | None, str | None]]:
         from prefect.client.orchestration import get_client
         from prefect.deployments import arun_deployment
 
-        attempt = uuid.uuid4().hex  # idempotency keys of this attempt: a retried creation makes no second run
         gate = asyncio.Semaphore(self.config.dispatch.create_concurrency)
         config_path = str(self.config.source) if self.config.source else ""
         async with get_client() as client:
@@ -202,7 +201,8 @@ class WorkPoolDispatcher:
                         run = await arun_deployment(
                             deployment, client=client, timeout=0, flow_run_name=name,
                             parameters={"federation": self.config.federation, "silo_id": silo,
-                                        "round_number": round_number, "config_path": config_path},
+                                        "round_number": round_number, "attempt": attempt,
+                                        "config_path": config_path},
                             idempotency_key=f"{name}:{attempt}",
                             tags=["fedsilo", f"silo:{silo}", f"round:{round_number}"],
                         )

@@ -34,7 +34,7 @@ class ProtocolSession:
     around one silo); it then talks only to its bucket's instance of the protocol. Built once per
     round, when the silo advertises its keys, and kept for the later steps."""
 
-    def __init__(self, config: FederationConfig, silo_id: str, round_number: int, state: StateDir,
+    def __init__(self, config: FederationConfig, silo_id: str, round_number: int, attempt: str, state: StateDir,
                  exchange: Exchange, coordinator: bytes):
         self.config, self.silo, self.round_number = config, silo_id, round_number
         self.policy = config.policy()
@@ -75,7 +75,8 @@ class ProtocolSession:
                                 round_number=round_number, roster=mine_instance.silos,
                                 threshold=mine_instance.threshold)
         self.identity = silo_identity(state, silo_id)
-        self.secrets = RoundSecrets(state, silo_id, config.federation, round_number)
+        self.secrets = RoundSecrets(state, silo_id, config.federation, round_number, attempt)
+        self.secrets.forget_other_attempts()  # an interrupted attempt's run, if still going, stops here
         self._identities: tuple[dict, dict[str, bytes]] | None = None
 
     def read_set(self, name: str) -> dict:

@@ -140,7 +140,8 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
 
 @task(name="train", task_run_name="{silo_id}/train", cache_policy=NONE, persist_result=False)
 def train_silo(
-    config: FederationConfig, silo_id: str, round_number: int, global_ref: ObjectRef, data: SiloData, state: StateDir
+    config: FederationConfig, silo_id: str, round_number: int, attempt: str, global_ref: ObjectRef, data: SiloData,
+    state: StateDir,
 ) -> TrainResult | Refused:
     """Train from the round's global model. Trusted aggregation: publish the delta itself to the
     exchange; secure aggregation: keep it on the silo's disk until it is masked. A round the silo's
@@ -155,7 +156,8 @@ def train_silo(
         # Distributed DP: this silo's noise share is drawn now, off the masked phase's critical path
         # (it depends only on the federation's settings), and kept with the update until masking.
         noise = policy.noise_share(noise_rng())
-        RoundSecrets(state, silo_id, config.federation, round_number).save_update(delta, report.n_samples, noise)
+        RoundSecrets(state, silo_id, config.federation, round_number, attempt).save_update(delta, report.n_samples,
+                                                                                          noise)
         return report
     exchange = exchange_for(config, state)
     ref = exchange.put_vector(

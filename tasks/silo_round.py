@@ -32,14 +32,16 @@ from infra.state import StateDir
 
 
 class SiloRound:
-    def __init__(self, config: FederationConfig, state: StateDir, silo_id: str, round_number: int):
+    def __init__(self, config: FederationConfig, state: StateDir, silo_id: str, round_number: int, attempt: str):
         config.silo(silo_id)  # a ConfigError naming the silos if it is not in the config
         self.config, self.state, self.silo, self.round_number = config, state, silo_id, round_number
+        self.attempt = attempt
         self.exchange = exchange_for(config, state)
         self._coordinator: bytes | None = None
         self._identity = None
         self._data = None
         self._summary = None
+        self._summary_dict: dict | None = None  # the summary as manifests carry it, made once
         self._session = None
 
     # -- keys ----------------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ class SiloRound:
     def open(self, phase: str, signed_order: dict) -> Order:
         """The order for `phase`, verified; `SecAggError` if it is refused (WrongSender: not for this silo)."""
         return open_order(signed_order, self.coordinator_key(), self.config.federation, self.round_number, phase,
-                          self.silo)
+                          self.silo, self.attempt)
 
     def seal(self, manifest: Manifest) -> dict:
         if self._identity is None:
@@ -86,9 +88,10 @@ class SiloRound:
         return self._manifest(order.phase, result=step(self._protocol(), self.silo))
 
     def _manifest(self, phase: str, **fields) -> Manifest:
-        validation = self._summary.to_dict() if self._summary is not None else None
+        if self._summary is not None and self._summary_dict is None:
+            self._summary_dict = self._summary.to_dict()
         return Manifest(federation=self.config.federation, round=self.round_number, phase=phase, silo=self.silo,
-                        validation=validation, **fields)
+                        validation=self._summary_dict, **fields)
 
     def _validated(self):
         """The silo's data, read and checked against the contract once a round (None if unusable)."""
@@ -104,8 +107,8 @@ class SiloRound:
         if self._session is None:
             from tasks.secure_silo import ProtocolSession
 
-            self._session = ProtocolSession(self.config, self.silo, self.round_number, self.state, self.exchange,
-                                            self.coordinator_key())
+            self._session = ProtocolSession(self.config, self.silo, self.round_number, self.attempt, self.state,
+                                            self.exchange, self.coordinator_key())
         return self._session
 
     def _train(self, order: Order) -> Manifest:
@@ -119,7 +122,8 @@ class SiloRound:
         global_ref = order.refs.get("global")
         if global_ref is None:
             raise SecAggError("the coordinator's train order names no global model")
-        result = train_silo(quote(self.config), self.silo, self.round_number, global_ref, quote(data), self.state)
+        result = train_silo(quote(self.config), self.silo, self.round_number, self.attempt, global_ref, quote(data),
+                            self.state)
         if isinstance(result, Refused):  # the silo's privacy budget: nothing was trained or charged
             return self._manifest("train", status="sat_out", reason=result.reason)
         if self.config.policy().is_secure:

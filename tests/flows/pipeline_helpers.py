@@ -20,7 +20,7 @@ class Scripted(InProcessDispatcher):
     a phase ran."""
 
     def __init__(self, config, state, drops=None, crashes=None, after=None, parallel=4):
-        super().__init__(lambda silo, r: SiloRound(config, state, silo, r), parallel, limit_threads=False)
+        super().__init__(lambda silo, r, attempt: SiloRound(config, state, silo, r, attempt), parallel, limit_threads=False)
         self.drops = drops or {}
         self.crashes = crashes or {}
         self.after = after

@@ -65,15 +65,16 @@ def test_a_silo_refuses_an_order_whose_references_were_edited(federation, state_
     config, state, exchange = parties(config_path, state_home)
     record = exchange.read_json_key(exchange.record_key(1))
     identity = coordinator_identity(state)
-    order = seal_order(identity, Order(federation="synth", round=2, phase="train", silos=("s0", "s1"),
+    attempt = "0123456789abcdef"
+    order = seal_order(identity, Order(federation="synth", round=2, phase="train", silos=("s0", "s1"), attempt=attempt,
                                        refs={"global": ObjectRef.from_dict(record["global"])}))
     order["body"]["refs"]["global"]["key"] = exchange.global_key(0)  # point s0 at another model
-    exchange.put_json(exchange.order_key(2, "train"), order)  # as the coordinator would leave it for s0's run
-    exchange.put_json(exchange.order_key(2, END), seal_order(identity, Order(federation="synth", round=2, phase=END,
-                                                                             silos=("s0", "s1"))))
-    summary = silo_flow(federation="synth", silo_id="s0", round_number=2, config_path=str(config_path))
+    exchange.put_json(exchange.order_key(2, attempt, "train"), order)  # as the coordinator leaves it for s0's run
+    end = seal_order(identity, Order(federation="synth", round=2, phase=END, silos=("s0", "s1"), attempt=attempt))
+    exchange.put_json(exchange.order_key(2, attempt, END), end)
+    summary = silo_flow(federation="synth", silo_id="s0", round_number=2, attempt=attempt, config_path=str(config_path))
     assert summary["answered"] == ["train"]
-    answer = exchange.read_json_key(exchange.manifest_key(2, "train", "s0"))
+    answer = exchange.read_json_key(exchange.manifest_key(2, attempt, "train", "s0"))
     manifest = open_manifest(answer, crypto.identity_public(silo_identity(state, "s0")), "synth", 2, "train", "s0")
     assert manifest.status == "sat_out" and "BadSignature" in manifest.reason  # refused, and said why, signed
     assert not [k for k in exchange.store.list(exchange.round_prefix(2)) if "/orders/" not in k and "/manifests/" not in k]

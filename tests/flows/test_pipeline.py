@@ -58,7 +58,7 @@ class RecordingDispatcher(InProcessDispatcher):
     seen: list = []
 
     def __init__(self, config, state):
-        super().__init__(lambda silo, r: SiloRound(config, state, silo, r), 2, limit_threads=False)
+        super().__init__(lambda silo, r, attempt: SiloRound(config, state, silo, r, attempt), 2, limit_threads=False)
 
     def run(self, call, on_done=None):
         deliveries = super().run(call, on_done)
@@ -291,8 +291,8 @@ def test_a_silo_refuses_a_request_for_another_federation(federation, state_home)
     from flows.silo import silo_flow
 
     config_path = federation(2)
-    state = silo_flow(federation="not-this-one", silo_id="s0", round_number=1, config_path=str(config_path),
-                      return_state=True)
+    state = silo_flow(federation="not-this-one", silo_id="s0", round_number=1, attempt="0123456789abcdef",
+                      config_path=str(config_path), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="not-this-one"):
         state.result()

@@ -184,3 +184,57 @@ def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch,
     assert pem.stat().st_mode & 0o077 == 0  # the identity key is readable by its owner only
     roster = json.loads((state_home / "exchange" / "federations/synth/roster/v0001.json").read_text())
     assert set(roster["body"]["members"]) == {"s0", "s1", "s2"}  # public keys only, in the signed roster
+
+
+@pytest.mark.parametrize(
+    ("phase", "in_sum", "recovered", "evaluated"),
+    [
+        ("train", ["s0", "s2", "s3"], 0, ["s0", "s1", "s2", "s3"]),  # no update, no keys: never in the protocol
+        ("shares", ["s0", "s2", "s3"], 0, ["s0", "s1", "s2", "s3"]),
+        ("masked", ["s0", "s2", "s3"], 1, ["s0", "s1", "s2", "s3"]),  # shared, then crashed: masks recovered
+        ("unmask", ["s0", "s1", "s2", "s3"], 0, ["s0", "s1", "s2", "s3"]),  # its input is in the sum
+        ("evaluate", ["s0", "s1", "s2", "s3"], 0, ["s0", "s2", "s3"]),  # scored by the other holdouts only
+    ],
+)
+def test_a_silo_crashing_in_any_phase_of_its_round_is_dropped_and_the_round_recovers(
+        federation, state_home, monkeypatch, phase, in_sum, recovered, evaluated):
+    config_path = federation(4)
+    use(monkeypatch, crashes={phase: {"s1"}})
+    record = train(config_path)["rounds"][0]
+
+    assert record["silos_in"] == in_sum
+    assert record["secure"]["recovered"] == recovered
+    assert record["evaluated"] == evaluated
+    if phase in ("train", "shares", "masked"):
+        assert record["silos_out"]["s1"] == f"dropped at {phase}: RuntimeError: s1 crashed in {phase} (injected)"
+    if phase == "evaluate":
+        assert "crashed in evaluate" in record["evaluation_out"]["s1"]
+    np.testing.assert_allclose(global_of(state_home, record), reference_round(config_path, in_sum), rtol=0, atol=1e-4)
+
+
+def test_an_order_of_one_phase_replayed_in_the_next_is_refused_by_the_silo(federation, state_home, monkeypatch):
+    """s2 is handed the coordinator's (genuine, signed) order of the previous phase in place of each
+    phase's own: it refuses it, answers why, does nothing, and the round goes on without it."""
+    import flows.round
+    from pipeline_helpers import Scripted
+
+    class Replaying(Scripted):
+        previous = None
+
+        def _answer(self, silo, call):
+            if silo == "s2" and self.previous is not None and call.phase == "shares":
+                from dataclasses import replace
+
+                call = replace(call, signed=self.previous.signed)  # the train order, in the shares phase
+            return super()._answer(silo, call)
+
+        def run(self, call, on_done=None):
+            deliveries = super().run(call, on_done)
+            self.previous = call
+            return deliveries
+
+    monkeypatch.setattr(flows.round, "make_dispatcher", lambda config, state: Replaying(config, state))
+    record = train(federation(4))["rounds"][0]
+    assert record["silos_in"] == ["s0", "s1", "s3"]
+    assert "order refused (StaleMessage" in record["silos_out"]["s2"]
+    assert record["secure"]["recovered"] == 0  # it never shared: nobody masked with it

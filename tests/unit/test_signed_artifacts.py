@@ -245,3 +245,11 @@ def test_keys_are_read_as_printed_or_from_the_file_silo_init_writes(tmp_path):
     assert parse_public_key(crypto.b64(public)) == parse_public_key(str(card)) == public
     with pytest.raises(EnrolmentError, match="neither"):
         parse_public_key("not-a-key")
+
+
+def test_an_order_of_another_attempt_at_the_round_is_refused():
+    """A silo run of an interrupted attempt never acts on the orders of the attempt that redoes it."""
+    with pytest.raises(StaleMessage, match="another attempt"):
+        open_order(order(attempt="aaaa0000"), COORDINATOR_PUBLIC, "f", 3, "train", "s1", attempt="bbbb1111")
+    assert open_order(order(attempt="aaaa0000"), COORDINATOR_PUBLIC, "f", 3, "train", "s1",
+                      attempt="aaaa0000").attempt == "aaaa0000"
