@@ -1,102 +1,144 @@
-"""Where a round's wall time goes: compute (local training + evaluation, measured inside the silo
-tasks) versus everything else (Prefect orchestration, MLflow tracking and registration, contract
-validation, exchange I/O), for federations of 4, 16 and 64 synthetic silos.
+"""Where a round's wall time goes in embedded mode: the computation (local training and evaluation)
+against everything else (Prefect orchestration, MLflow tracking and registration, contract checks,
+the exchange, the secure-aggregation protocol), for federations of 4, 16 and 100 synthetic silos,
+with Prefect's own floor for the same shape of round measured side by side.
 
-The embedded pipeline runs every silo phase as a Prefect subflow (one per silo for training, one
-for evaluation), so its overhead has a floor set by Prefect itself: the cost of an empty subflow
-and of a no-op task on the same ephemeral API. That floor is measured in the same run and the
-overhead is printed as a ratio to it, next to the same rounds computed in memory without any
-orchestration (`fl_core.simulation.fedavg_rounds`).
+Each silo takes part in a round through its steps as task runs of the round's flow run (validate,
+train, keys, shares, masked, unmask, evaluate: seven in secure mode, three in trusted mode), the
+silos of a phase running concurrently; the coordinator adds its own task runs (plan, the protocol's
+checks, the unmasking, the gate, the registration). The task runs are recorded by the embedded API.
 
-    python benchmarks/round_overhead.py            # 4, 16, 64 silos; first round + 3 steady rounds each
-    python benchmarks/round_overhead.py --quick    # 4, 16 silos; 1 steady round each
-    ... --mode secure|trusted|both                 # aggregation mode(s), default both side by side
+- **Round**: the wall time of a training job of `--rounds` rounds divided by its rounds (job start and
+  end included, so a little over one round's own time), after one warm-up round of the same
+  federation (its first round checks every silo's data with Great Expectations; later rounds find
+  the verdict cached by file digest).
+- **Compute**: the same rounds' training and evaluation done in memory, one silo after the other,
+  in this process (`fl_core.simulation`, `fl_core.evaluation`): what a round would cost with no
+  pipeline around it.
+- **Overhead** = round − compute.
+- **Prefect floor**: a round flow with the same task runs — as many, in the same waves, as
+  concurrent — that do nothing, on the same API: the least a round of this shape costs in Prefect.
 
-Secure aggregation (the default mode) adds three silo phases per round (shares, masked input,
-unmask) and the coordinator's protocol steps; trusted mode has only train and evaluate.
+    python benchmarks/round_overhead.py                  # 4, 16, 100 silos, secure and trusted, 3 rounds each
+    python benchmarks/round_overhead.py --quick          # 16 silos, secure, 1 round (under a minute)
+    python benchmarks/round_overhead.py --silos 64 --mode secure --rounds 2
 
-The first round of a federation also validates every silo's data with Great Expectations (~0.3 s
-per silo); later rounds find the verdict cached by file digest. The full run reports that first
-round separately; the steady rounds are the headline. (`--quick` fills the verdict caches with the
-silo task's own function instead of timing a first round.) One warm-up round on a 2-silo
-federation absorbs the once-per-process costs (torch's first backward pass, MLflow's first model
-logging), which a long-running coordinator pays once.
+The full run also trains 100 silos of the example's heart model (record-level DP-SGD in every silo,
+as in the example) for one round in a separate process and reports that process's peak memory.
 
-The last line is JSON with ``overhead_s_per_round_16`` and ``compute_s_per_round_16`` for the
-default (secure) mode (and the same for the other sizes, the floor, the per-silo overhead, and the
-trusted mode under keys ending in ``_trusted``).
+The last line is JSON: ``overhead_s_per_round_16`` and ``overhead_s_per_round_100`` (secure, the
+default mode), the floors (``floor_s_per_round_16`` …), the other sizes and the trusted mode under
+keys ending in ``_trusted``, and ``peak_rss_mb_heart_100``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+COORDINATOR_TASKS = {"secure": 10, "trusted": 6}  # plan, secure-open, check-*, unmask-sum, logs, gate, register
 
-def configure(workdir: Path) -> None:
-    from infra.embedded import configure_embedded
+
+def configure(workdir: Path):
+    """An embedded API for this process, on a database of its own; returns it started."""
+    from infra.embedded import configure_embedded, embedded_api
     from infra.state import StateDir
 
     os.environ["HOME"] = str(workdir / "home")  # nothing of this benchmark lands in the real home
     (workdir / "home").mkdir(exist_ok=True)
-    configure_embedded(StateDir(workdir / "prefect-state"))
+    os.environ.pop("PREFECT_API_URL", None)
+    state = StateDir(workdir / "prefect-state")
+    configure_embedded(state)
+    return embedded_api(state)
 
 
-def prefect_floor(samples: int = 30) -> dict[str, float]:
-    """Median cost of an empty subflow and of a no-op task, on the API this process uses."""
+# -- Prefect's floor for the round's shape --------------------------------------------------------------
+def prefect_floor(n_silos: int, mode: str, parallel: int, samples: int) -> float:
+    """Median wall time of an empty round of this shape: a round subflow holding the silos' task runs
+    (in waves of every silo at once, `parallel` at a time) and the coordinator's, none doing anything."""
     from prefect import flow, task
+    from prefect.cache_policies import NONE
 
-    @task(persist_result=False)
-    def noop(x: int) -> int:
-        return x
+    from fl_core.messages import phases_for
+
+    @task(cache_policy=NONE, persist_result=False, task_run_name="{name}")
+    def step(name: str) -> str:
+        return name
+
+    waves = [["validate", "train", "keys"] if p == "train" and mode != "trusted" else
+             (["validate", "train"] if p == "train" else [p]) for p in phases_for(mode)]
+
+    def silo(s: int, steps: list[str]) -> None:
+        for name in steps:
+            step(f"s{s}/{name}")
 
     @flow(persist_result=False)
-    def empty(i: int) -> int:
-        return i
+    def empty_round(i: int) -> None:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            for k, steps in enumerate(waves):
+                futures = [pool.submit(contextvars.copy_context().run, silo, s, steps) for s in range(n_silos)]
+                for future in futures:
+                    future.result()
+                step(f"coordinator/{k}")
+        for j in range(COORDINATOR_TASKS[mode] - len(waves)):
+            step(f"coordinator/x{j}")
 
     @flow(persist_result=False)
-    def parent(n: int) -> dict[str, float]:
-        subflows, tasks = [], []
-        for i in range(n):
-            start = time.perf_counter()
-            empty(i)
-            subflows.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            noop(i)
-            tasks.append(time.perf_counter() - start)
-        return {"subflow_s": statistics.median(subflows), "task_s": statistics.median(tasks)}
+    def job(rounds: int) -> list[float]:
+        walls = []
+        for i in range(rounds):
+            began = time.perf_counter()
+            empty_round(i)
+            walls.append(time.perf_counter() - began)
+        return walls
 
-    parent(3)
-    return parent(samples)
+    job(1)
+    return statistics.median(job(samples))
 
 
-def prefill_contract_verdicts(config_path: Path) -> None:
-    from infra.config import load_config
-    from infra.state import ensure_state_dir, resolve_state_dir
-    from tasks.silo import load_and_validate
-
-    config = load_config(config_path)
-    state = ensure_state_dir(resolve_state_dir())
-    for silo in config.silo_ids:
-        load_and_validate.fn(config, silo, state)
-
-
-def run_federation(workdir: Path, n_silos: int, measured: int, first_round: bool, mode: str) -> dict:
+# -- the same rounds in memory ------------------------------------------------------------------------
+def in_memory_round_s(config_path: Path, rounds: int, first_round: int) -> float:
+    """Training and evaluation of every silo, one after the other, with no pipeline: per round."""
     import pyarrow.parquet as pq
 
-    from fl_core.simulation import SiloArrays, fedavg_rounds
-    from flows.training import training_flow
+    from fl_core.evaluation import evaluate
+    from fl_core.models import build_model
+    from fl_core.params import load_flat_inplace
+    from fl_core.simulation import SiloArrays, fedavg_rounds, initial_vector
     from infra.config import load_config
     from infra.silo_data import encode_table
+
+    config = load_config(config_path)
+    data = {s: encode_table(pq.read_table(config.silo_data_path(s)), config.contract) for s in config.silo_ids}
+    arrays = {s: SiloArrays(x_train=d.x_train, y_train=d.y_train) for s, d in data.items()}
+    n_inputs = next(iter(data.values())).x_train.shape[1]
+    began = time.perf_counter()
+    vector = initial_vector(config.model, n_inputs, config.seed)
+    for r in range(first_round, first_round + rounds):
+        vector = fedavg_rounds(arrays, config.model, config.training, config.seed, rounds=1, start=vector,
+                               first_round=r)
+        model = build_model(config.model, n_inputs, seed=0)
+        load_flat_inplace(model, vector)
+        for d in data.values():
+            evaluate(model, d.x_holdout, d.y_holdout)
+    return (time.perf_counter() - began) / rounds
+
+
+def run_federation(workdir: Path, n_silos: int, rounds: int, mode: str) -> dict:
+    from flows.training import training_flow
     from infra.synthetic import write_synthetic_federation
 
     folder = workdir / f"fed-{n_silos}-{mode}"
@@ -105,112 +147,137 @@ def run_federation(workdir: Path, n_silos: int, measured: int, first_round: bool
         overrides={"aggregation": {"mode": mode, "rule": "fedavg", "min_silos": 2}},
     )
     os.environ["FEDSILO_HOME"] = str(folder / "state")
-    first = None
-    if first_round:
-        first = training_flow(config_path=str(config_path), rounds=1)["rounds"][0]["timings"]
-    else:
-        prefill_contract_verdicts(config_path)
-    result = training_flow(config_path=str(config_path), rounds=measured)
+    warm = training_flow(config_path=str(config_path), rounds=1)["rounds"][0]["timings"]
+    began = time.perf_counter()
+    result = training_flow(config_path=str(config_path), rounds=rounds)
+    wall = (time.perf_counter() - began) / rounds
+    compute = in_memory_round_s(config_path, rounds, first_round=2)
     timings = [r["timings"] for r in result["rounds"]]
-    skip = 1 if first_round else 0
-
-    config = load_config(config_path)
-    silos = {}
-    for silo in config.silo_ids:
-        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
-        silos[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
-    start = time.perf_counter()
-    fedavg_rounds(silos, config.model, config.training, config.seed, rounds=measured, first_round=1 + skip)
-    in_memory = (time.perf_counter() - start) / measured
-
-    def mean(key: str) -> float:
-        return statistics.mean(t[key] for t in timings)
-
-    wall, compute = mean("round_s"), mean("compute_s")
-    phases = sum(mean(key) for key in timings[0] if key.endswith("phase_s") or key.startswith("secagg."))
-    return {
-        "silos": n_silos,
-        "mode": mode,
-        "wall_s": wall,
-        "compute_s": compute,
-        "overhead_s": wall - compute,
-        "silo_phases_s": phases,
-        "coordinator_s": wall - phases,  # plan, aggregate, validation logs, MLflow run + registration
-        "in_memory_s": in_memory,
-        "first_overhead_s": None if first is None else first["round_s"] - first["compute_s"],
-    }
+    phases = {key: statistics.mean(t[key] for t in timings)
+              for key in timings[0] if key.endswith("phase_s") or key.startswith("secagg.")}
+    return {"silos": n_silos, "mode": mode, "round_s": wall, "compute_s": compute, "overhead_s": wall - compute,
+            "phases": phases, "first_round_s": warm["round_s"]}
 
 
-def warm_up(workdir: Path) -> None:
-    from flows.training import training_flow
-    from infra.synthetic import write_synthetic_federation
+# -- 100 silos of the heart model, for memory --------------------------------------------------------
+def write_heart_federation(folder: Path, n_silos: int) -> Path:
+    """The example's federation with `n_silos` silos, each a seeded resample of one hospital's rows
+    (train and holdout kept apart), every silo with the example's record-level DP policy."""
+    import shutil
 
-    config_path = write_synthetic_federation(workdir / "warm-up", n_silos=2, rows=50, seed=1)
-    os.environ["FEDSILO_HOME"] = str(workdir / "warm-up" / "state")
-    training_flow(config_path=str(config_path), rounds=1)
+    import numpy as np
+    import pyarrow.parquet as pq
+    import yaml
+
+    from infra.config import load_config
+    from infra.demo_data import write_heart_silos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("federation.yaml", "heart_disease_uci.csv"):
+        shutil.copy(ROOT / "examples" / "heart" / name, folder / name)
+    write_heart_silos(load_config(folder / "federation.yaml"))
+    raw = yaml.safe_load((folder / "federation.yaml").read_text())
+    hospitals = raw["silos"]
+    rng = np.random.default_rng(100)
+    silos = []
+    for i in range(n_silos):
+        source = hospitals[i % len(hospitals)]
+        table = pq.read_table(folder / source["data"])
+        picked = rng.integers(0, table.num_rows, size=table.num_rows)
+        name = f"h{i:03d}"
+        pq.write_table(table.take(picked), folder / "data" / f"{name}.parquet")
+        silos.append({"id": name, "data": f"data/{name}.parquet", "privacy": source["privacy"]})
+    raw["silos"] = silos
+    raw["aggregation"]["secure"].pop("threshold", None)  # a strict majority of the 100
+    (folder / "federation.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / "federation.yaml"
+
+
+def heart_memory(workdir: Path, n_silos: int) -> dict:
+    """One embedded round of `n_silos` heart silos in this process: its peak RSS."""
+    api = configure(workdir)
+    from infra.embedded import embedded_prefect, using_api
+
+    config_path = write_heart_federation(workdir / "heart", n_silos)
+    os.environ["FEDSILO_HOME"] = str(workdir / "heart" / "state")
+    with using_api(api), embedded_prefect():
+        from flows.training import training_flow
+
+        began = time.perf_counter()
+        record = training_flow(config_path=str(config_path), rounds=1)["rounds"][0]
+        took = time.perf_counter() - began
+    api.stop()
+    return {"silos": n_silos, "in_sum": len(record["silos_in"]), "round_s": took,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 and 16 silos, one measured round")
-    parser.add_argument("--mode", choices=("secure", "trusted", "both"), default="both",
-                        help="aggregation mode(s) to measure (default both, side by side)")
+    parser.add_argument("--quick", action="store_true", help="16 silos, secure, one round")
+    parser.add_argument("--silos", type=int, nargs="+", help="federation sizes (default 4 16 100)")
+    parser.add_argument("--mode", choices=("secure", "trusted", "both"), help="aggregation mode(s)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per federation (default 3, quick 1)")
+    parser.add_argument("--heart-memory", type=int, metavar="N", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
-    sizes = [4, 16] if args.quick else [4, 16, 64]
-    measured = 1 if args.quick else 3
-    modes = ["secure", "trusted"] if args.mode == "both" else [args.mode]
+    if args.heart_memory:
+        with tempfile.TemporaryDirectory(prefix="fedsilo-heart-") as tmp:
+            print(json.dumps(heart_memory(Path(tmp), args.heart_memory)))
+        return
+    sizes = args.silos or ([16] if args.quick else [4, 16, 100])
+    mode = args.mode or ("secure" if args.quick else "both")
+    modes = ["secure", "trusted"] if mode == "both" else [mode]
+    rounds = args.rounds or (1 if args.quick else 3)
 
     began = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="fedsilo-overhead-") as tmp:
         workdir = Path(tmp)
-        configure(workdir)
-        import torch
+        api = configure(workdir)
+        from infra.dispatch import default_parallel
+        from infra.embedded import embedded_prefect, using_api
 
-        torch.set_num_threads(1)
-        from infra.embedded import embedded_prefect
+        with using_api(api), embedded_prefect():
+            for m in modes:
+                for n in sizes:
+                    row = run_federation(workdir, n, rounds, m)
+                    row["floor_s"] = prefect_floor(n, m, default_parallel(n), samples=3 if args.quick else 5)
+                    rows.append(row)
+        api.stop()
+    heart = None
+    if not args.quick and not args.silos:
+        child = subprocess.run([sys.executable, __file__, "--heart-memory", "100"], capture_output=True, text=True,
+                               timeout=1800)
+        lines = child.stdout.strip().splitlines()
+        heart = json.loads(lines[-1]) if child.returncode == 0 and lines else {"error": child.stderr[-400:]}
 
-        with embedded_prefect():
-            floor = prefect_floor(samples=10 if args.quick else 30)
-            warm_up(workdir)
-            rows = [run_federation(workdir, n, measured, not args.quick, mode) for mode in modes for n in sizes]
-
-    from flows.round import phases_per_round
-
-    subflow_ms, task_ms = 1000 * floor["subflow_s"], 1000 * floor["task_s"]
-    print(f"Prefect floor on this machine: empty subflow {subflow_ms:.0f} ms, no-op task {task_ms:.1f} ms (medians)")
-    print(f"{measured} steady round(s) per size (contract verdicts cached); every silo trains and evaluates each round;")
-    print("secure mode adds three silo phases per round (shares, masked input, unmask)\n")
-    header = (f"{'mode':>7}  {'silos':>5}  {'round s':>8}  {'compute s':>9}  {'overhead s':>10}  {'per silo ms':>11}  "
-              f"{'silo phases s':>13}  {'coordinator s':>13}  {'floor s':>7}  {'overhead/floor':>14}  {'in-memory s':>11}  "
-              f"{'1st-round overhead s':>20}")
-    print(header)
-    figures = {}
+    print(f"{rounds} measured round(s) per federation after a warm-up round; compute = the same training and "
+          "evaluation in memory, one silo after the other\n")
+    print(f"{'mode':>7}  {'silos':>5}  {'round s':>8}  {'compute s':>9}  {'overhead s':>10}  {'Prefect floor s':>15}  "
+          f"{'overhead/floor':>14}  {'per silo ms':>11}  phases (s)")
+    figures: dict[str, object] = {}
     for row in rows:
-        n = row["silos"]
-        mode = row["mode"]
-        floor_s = phases_per_round(mode) * n * floor["subflow_s"]  # one subflow per silo phase, nothing else
-        per_silo_ms = 1000 * row["overhead_s"] / n
-        print(f"{mode:>7}  {n:>5}  {row['wall_s']:>8.2f}  {row['compute_s']:>9.3f}  {row['overhead_s']:>10.2f}  {per_silo_ms:>11.0f}  "
-              f"{row['silo_phases_s']:>13.2f}  {row['coordinator_s']:>13.2f}  {floor_s:>7.2f}  "
-              f"{row['overhead_s'] / floor_s:>14.2f}  {row['in_memory_s']:>11.3f}  "
-              f"{'—' if row['first_overhead_s'] is None else format(row['first_overhead_s'], '.2f'):>20}")
-        # The headline keys (no suffix) are the default mode's, secure; trusted rows get a suffix.
-        tag = f"{n}" if mode == "secure" else f"{n}_{mode}"
+        n, m = row["silos"], row["mode"]
+        phases = "  ".join(f"{k.removesuffix('_s').removesuffix('_phase').removeprefix('secagg.')} {v:.2f}"
+                           for k, v in row["phases"].items())
+        print(f"{m:>7}  {n:>5}  {row['round_s']:>8.2f}  {row['compute_s']:>9.3f}  {row['overhead_s']:>10.2f}  "
+              f"{row['floor_s']:>15.2f}  {row['overhead_s'] / row['floor_s']:>14.2f}  "
+              f"{1000 * row['overhead_s'] / n:>11.0f}  {phases}")
+        tag = f"{n}" if m == "secure" else f"{n}_{m}"  # the headline keys are the default mode's, secure
         figures[f"overhead_s_per_round_{tag}"] = round(row["overhead_s"], 3)
+        figures[f"floor_s_per_round_{tag}"] = round(row["floor_s"], 3)
+        figures[f"overhead_to_floor_{tag}"] = round(row["overhead_s"] / row["floor_s"], 2)
         figures[f"compute_s_per_round_{tag}"] = round(row["compute_s"], 4)
-        figures[f"overhead_ms_per_silo_{tag}"] = round(per_silo_ms, 1)
-        figures[f"overhead_to_floor_{tag}"] = round(row["overhead_s"] / floor_s, 2)
-        if row["first_overhead_s"] is not None:
-            figures[f"first_round_overhead_s_{tag}"] = round(row["first_overhead_s"], 3)
-    print("\nreading: 'floor' is phases x silos x an empty Prefect subflow (2 phases trusted, 5 secure), the least "
-          "a round with one subflow per silo phase can cost here; the rest of the overhead is the silo tasks (validation cache, exchange "
-          "reads/writes) and the coordinator (MLflow round run, model version, aliases).")
-    figures.update(
-        subflow_floor_ms=round(subflow_ms, 1),
-        task_floor_ms=round(task_ms, 2),
-        quick=args.quick,
-        wall_seconds=round(time.perf_counter() - began, 1),
-    )
+    if heart is not None:
+        if "error" in heart:
+            print(f"\nheart model, 100 silos: failed: {heart['error']}")
+        else:
+            print(f"\nheart model, 100 silos with record-level DP-SGD, one embedded round: {heart['round_s']:.1f} s, "
+                  f"{heart['in_sum']} silos in the sum, coordinator process peak RSS {heart['peak_rss_mb']:.0f} MB")
+            figures["peak_rss_mb_heart_100"] = round(heart["peak_rss_mb"], 1)
+    print("\nreading: the floor is the round's task runs with nothing inside them on the same API; the rest of the "
+          "overhead is the silos' steps (contract verdict from the cache, the exchange, the protocol's signatures, "
+          "key agreements and masks) and the coordinator (MLflow round run, model version, aliases).")
+    figures.update(quick=args.quick, wall_seconds=round(time.perf_counter() - began, 1))
     print(json.dumps(figures))
 
 
