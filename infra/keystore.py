@@ -4,8 +4,8 @@
   coordinator (``coordinator/identity/ed25519.pem``), created on first use from the OS RNG, files
   0600 in 0700 folders. Their public halves are published to the exchange, write-once: a party
   that later shows up with another key is refused, not silently re-keyed.
-- A silo's per-round secure-aggregation state (its round key pairs, self-mask seed, the shares it
-  holds, its unmasked update) lives in ``silos/<id>/secagg/`` (0600) from the first phase to the
+- A silo's per-round secure-aggregation state (its round key pairs, the keys of its peers' shares
+  to it, self-mask seed, the shares it holds, its unmasked update) lives in ``silos/<id>/secagg/`` (0600) from the first phase to the
   last and is deleted when the silo has revealed its shares. None of it is ever written to the
   exchange, a Prefect result, a log or MLflow.
 """

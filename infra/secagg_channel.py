@@ -4,9 +4,14 @@
     federations/<f>/rounds/<r>/secagg/<name>.json          the coordinator's signed sets: plan, u1, u2, u3
     federations/<f>/rounds/<r>/secagg/<phase>/<silo>.json  a silo's signed message of a phase
     federations/<f>/rounds/<r>/secagg/masked/<silo>.arrow  a silo's masked vector (uint32, Arrow IPC)
+    federations/<f>/rounds/<r>/secagg/forwarded/<silo>.json  the coordinator's signed bundle of the
+                                                           shares addressed to that silo
+
+A silo's shares message (its commitment and one ciphertext per peer) is read by the coordinator
+only; each silo reads its own bundle, so a round's share traffic is O(n) bytes per silo, not O(n²).
 
 In bucketed mode each bucket k runs its own instance of the protocol under
-``rounds/<r>/secagg/bucket-<k>/`` (its sets u1, u2, u3 and its silos' messages), next to the round's
+``rounds/<r>/secagg/bucket-<k>/`` (its sets u1, u2, u3, its silos' messages and bundles), next to the round's
 one signed plan that lists the buckets. Every message of bucket k is bound to the instance name
 ``<f>:bucket-<k>`` (`instance_name`) in place of the federation id — in its signed header, its key
 derivations and its share encryption — so nothing of one bucket can be replayed into another.
@@ -26,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 
 from fl_core.errors import BadSignature, ExchangeError, StateError
-from fl_core.secagg import crypto
+from fl_core.secagg import client, crypto
 from infra.exchange import Exchange, ObjectRef
 
-COORDINATOR = "coordinator"
+COORDINATOR = client.COORDINATOR
 
 
 def instance_name(federation: str, bucket: int | None) -> str:
@@ -108,6 +113,21 @@ class SecAggChannel:
                 vector = None  # missing or unreadable: the coordinator refuses the silo
             found[silo] = (envelope, vector)
         return found
+
+    # -- the coordinator's bundles of forwarded shares ----------------------------------------------
+    def _forwarded_key(self, recipient: str) -> str:
+        return self._message_key(client.FORWARDED, recipient)
+
+    def publish_forwarded(self, recipient: str, envelope: crypto.Envelope) -> ObjectRef:
+        """Publish the coordinator's signed bundle of `recipient`'s shares (`server.seal_forwarded`)."""
+        return self.exchange.put_bytes(self._forwarded_key(recipient), envelope.to_json().encode())
+
+    def read_forwarded(self, recipient: str, coordinator_public: bytes, federation: str) -> dict[str, str]:
+        """sender -> ciphertext for `recipient`, from a bundle the coordinator signed for this
+        federation (or bucket instance), round and recipient (`client.open_forwarded`)."""
+        envelope = crypto.Envelope.from_json(self.exchange.store.get(self._forwarded_key(recipient)))
+        return client.open_forwarded(envelope, coordinator_public, federation=federation,
+                                     round_number=self.round_number, recipient=recipient)
 
     # -- the coordinator's signed sets --------------------------------------------------------------
     def publish_set(self, name: str, envelope: crypto.Envelope) -> ObjectRef:

@@ -220,6 +220,8 @@ def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outc
 
 @task(name="check-shares", task_run_name="check-shares", cache_policy=NONE, persist_result=False)
 def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, outcomes: list) -> SecureRound:
+    """Verify the signed shares messages (U2), forward each silo of U2 the ciphertexts addressed to
+    it, and announce U2."""
     sr, got = _answered(sr, outcomes, "shares")
     answered = got.silos_in
     exchange = exchange_for(config, state)
@@ -232,8 +234,24 @@ def secure_shares(config: FederationConfig, state: StateDir, sr: SecureRound, ou
 
     sr = _advance(sr, "shares", step)
     _quorum(config, sr, sr.u2, "shares")
+    sr = _forward(config, state, sr)
     _announce(config, state, sr.buckets, "u2", lambda b: {"u2": b.shares.u2})
     return sr
+
+
+def _forward(config: FederationConfig, state: StateDir, sr: SecureRound) -> SecureRound:
+    """Publish, for every silo of each live bucket's U2, the ciphertexts addressed to it, in one bundle
+    the coordinator signs (Bonawitz et al., CCS 2017, §4: the server forwards the shares), so that each
+    silo reads its own shares and not every peer's message. The ciphertexts are then dropped from
+    the round's view: the coordinator has no further use for them."""
+    identity, exchange = coordinator_identity(state), exchange_for(config, state)
+    buckets = []
+    for bucket in sr.buckets:
+        channel = bucket.channel(exchange)
+        for recipient, ciphertexts in server.forward_shares(bucket.ctx, bucket.shares).items():
+            channel.publish_forwarded(recipient, server.seal_forwarded(bucket.ctx, identity, recipient, ciphertexts))
+        buckets.append(replace(bucket, shares=replace(bucket.shares, ciphertexts={})))
+    return replace(sr, buckets=tuple(buckets))
 
 
 @task(name="check-masked", task_run_name="check-masked", cache_policy=NONE, persist_result=False)

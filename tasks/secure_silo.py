@@ -1,5 +1,6 @@
 """A silo's secure-aggregation tasks, one per protocol step: advertise its round keys (with
-training), share its mask secrets, publish its masked input, reveal shares for unmasking.
+training), share its mask secrets, publish its masked input (decrypting the shares the coordinator
+forwarded to it, in one bundle it signed), reveal shares for unmasking.
 
 Each step works on a `ProtocolSession` — the round as this silo sees it once it has checked the
 coordinator's signed plan — runs one `fl_core.secagg.client` function and publishes the signed
@@ -121,9 +122,9 @@ def share_keys(session: ProtocolSession, silo_id: str) -> ProtocolResult:
 @task(name="masked", task_run_name="{silo_id}/masked", cache_policy=NONE, persist_result=False)
 def mask_update(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     began = time.perf_counter()
-    u1, identities = session.identities()
+    u1, _ = session.identities()
     u2 = session.read_set("u2")["u2"]
-    shares = session.channel.read(client.SHARES, list(u2))
+    forwarded = session.channel.read_forwarded(silo_id, session.coordinator, session.ctx.federation)
     delta, n_samples = session.secrets.load_update()
     if len(delta) != session.policy.n_parameters:
         raise StateError(f"this silo's update has {len(delta)} values, the round's model {session.policy.n_parameters}")
@@ -131,7 +132,7 @@ def mask_update(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     codes, clipped = session.policy.encode(delta, n_samples, float(u1["weight_scale"]), rng,
                                            session.secrets.load_noise())
     client_state, envelope, masked = client.masked_input(
-        session.ctx, session.secrets.load_state(), session.identity, u2, shares, identities, codes
+        session.ctx, session.secrets.load_state(), session.identity, u2, forwarded, codes
     )
     session.secrets.save_state(client_state)
     refs = session.channel.publish_masked(silo_id, envelope, masked)

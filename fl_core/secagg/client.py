@@ -5,13 +5,37 @@ setting with signatures against impersonation and replay).
    signed with the silo's long-term Ed25519 identity.
 2. `share_keys`: verify every peer's keys; draw the self-mask seed b; Shamir-share b and the mask
    private key t-of-n among the round's participants U1; encrypt each peer's two shares to it
-   (AES-GCM, bound to sender, receiver and round); commit to b.
-3. `masked_input`: decrypt the shares addressed to this silo; add to the quantised update its
-   self mask PRG(b) and, for every other participant v in U2, +PRG(s_uv) if this silo comes
-   first in the roster and -PRG(s_uv) otherwise.
+   (AES-GCM, bound to sender, receiver and round); commit to b; sign the commitment and the
+   ciphertexts. It keeps, per peer, the key under which that peer's shares to it are encrypted.
+3. `masked_input`: decrypt the shares addressed to this silo, as the coordinator forwards them
+   (`open_forwarded`); add to the quantised update its self mask PRG(b) and, for every other
+   participant v in U2, +PRG(s_uv) if this silo comes first in the roster and -PRG(s_uv)
+   otherwise.
 4. `unmask`: given the survivors U3 (whose masked inputs the coordinator holds) and the dropped
    D = U2 \\ U3, reveal the self-seed shares of survivors and the mask-key shares of the dropped;
    never both for one silo, and only once per round.
+
+Why the shares can travel through the coordinator. As in Bonawitz et al. (§4, round 1), a sender
+addresses one ciphertext to each peer and the coordinator forwards to each receiver only the
+ciphertexts addressed to it (one bundle per receiver, signed by the coordinator and bound to the
+federation, round and receiver), so no silo reads the others' messages. The coordinator verifies
+each sender's signed shares message (`server.collect_shares`); a receiver checks each ciphertext
+by authenticated decryption alone, and that is enough:
+- The coordinator cannot forge a share. The ciphertext from v to u is AES-GCM under a key derived
+  (HKDF) from the X25519 agreement of v's and u's share-encryption keys, whose public halves u
+  verified under v's identity key in v's signed advert (`share_keys`). Without either private key
+  the coordinator cannot derive it, and a ciphertext it makes under any other key fails the tag.
+- It cannot swap two senders' ciphertexts: the key and the associated data belong to the ordered
+  pair (sender, receiver), so v's ciphertext filed under w fails under the (w, u) key; nor send u
+  the ciphertext meant for another receiver.
+- It cannot replay a ciphertext of another round, federation or bucket: the associated data and
+  the key's HKDF info bind (federation or bucket instance, round), and the key pairs are fresh
+  each round.
+- What it can do is what it could always do: withhold or garble a ciphertext. The receiver then
+  counts the sender among its `bad_senders`, exactly as for a sender that encrypted garbage, and
+  the coordinator must treat that sender as dropped (recovering its mask key) — the sender's input
+  stays out of the sum and hidden behind its self mask. The coordinator's signature on the bundle
+  adds that a silo acts only on what this round's coordinator sent it.
 
 The state between phases (`ClientState`) holds the round's secrets: it stays on the silo's side
 (its state folder), never in an exchange object, a Prefect result, a log or MLflow.
@@ -31,6 +55,8 @@ from fl_core.errors import SecAggError, ThresholdError, UnknownSilo, WrongLength
 from fl_core.secagg import crypto, prg, shamir
 
 KEYS, SHARES, MASKED, UNMASK = "keys", "shares", "masked", "unmask"
+FORWARDED = "forwarded"  # the coordinator's bundle of the shares addressed to one silo
+COORDINATOR = "coordinator"  # the sender named in the coordinator's messages
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +125,7 @@ class ClientState:
     peers: dict[str, dict[str, bytes]] = field(default_factory=dict, repr=False)  # v -> {"enc", "mask"} public keys
     own_shares: dict[str, int] = field(default_factory=dict, repr=False)  # this silo's shares of its own secrets
     held: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)  # sender -> {"seed", "mask"} shares
+    share_keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # sender -> AES key of its shares to this silo
     u2: tuple[str, ...] = ()
     bad_senders: tuple[str, ...] = ()
     answered: tuple[tuple[str, ...], tuple[str, ...]] | None = None
@@ -112,6 +139,7 @@ class ClientState:
             "peers": {v: {k: key.hex() for k, key in keys.items()} for v, keys in self.peers.items()},
             "own_shares": {k: hex(v) for k, v in self.own_shares.items()},
             "held": {v: {k: hex(s) for k, s in shares.items()} for v, shares in self.held.items()},
+            "share_keys": {v: key.hex() for v, key in self.share_keys.items()},
             "u2": list(self.u2),
             "bad_senders": list(self.bad_senders),
             "answered": None if self.answered is None else [list(self.answered[0]), list(self.answered[1])],
@@ -128,11 +156,12 @@ class ClientState:
                 peers={v: {k: bytes.fromhex(h) for k, h in keys.items()} for v, keys in raw["peers"].items()},
                 own_shares={k: int(v, 16) for k, v in raw["own_shares"].items()},
                 held={v: {k: int(s, 16) for k, s in shares.items()} for v, shares in raw["held"].items()},
+                share_keys={v: bytes.fromhex(h) for v, h in raw.get("share_keys", {}).items()},  # absent from older states
                 u2=tuple(raw["u2"]),
                 bad_senders=tuple(raw["bad_senders"]),
                 answered=None if raw["answered"] is None else (tuple(raw["answered"][0]), tuple(raw["answered"][1])),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise SecAggError("the silo's secure-aggregation state is unreadable") from None
 
 
@@ -177,7 +206,11 @@ def share_keys(
     adverts: Mapping[str, crypto.Envelope],
     identities: Mapping[str, bytes],
 ) -> tuple[ClientState, crypto.Envelope]:
-    """Verify every advert of U1 (any failure: this silo refuses the round), then share secrets."""
+    """Verify every advert of U1 (any failure: this silo refuses the round), then share secrets.
+
+    One agreement per peer gives both directions' share keys: the one this silo encrypts to the
+    peer with, and the one the peer's shares to this silo are under, kept in the state so that the
+    masked-input phase decrypts without agreeing again."""
     me = state.silo
     members = ctx.check_set("U1", u1)
     if me not in members:
@@ -193,16 +226,37 @@ def share_keys(
     position = ctx.positions()
     seed_shares, mask_shares = shamir.split_many([seed, state.mask_private], [position[v] for v in members], ctx.threshold)
     agree, keys = crypto.agreement(state.enc_private), ctx.round_keys()
-    ciphertexts = {}
+    ciphertexts, incoming = {}, {}
     for v in members:
         if v == me:
             continue
+        shared = agree(peers[v]["enc"])
         plain = _pack(seed_shares[position[v]], mask_shares[position[v]])
-        ciphertexts[v] = crypto.b64(keys.encrypt_share(agree(peers[v]["enc"]), me, v, plain))
+        ciphertexts[v] = crypto.b64(keys.seal_share(keys.share_key(shared, me, v), me, v, plain))
+        incoming[v] = keys.share_key(shared, v, me)
     body = {"commitment": keys.commitment(seed, me), "ciphertexts": ciphertexts}
     envelope = crypto.seal(identity, ctx.header(SHARES, me), body)
     own = {"seed": seed_shares[position[me]], "mask": mask_shares[position[me]]}
-    return replace(state, self_seed=seed, peers=peers, own_shares=own), envelope
+    return replace(state, self_seed=seed, peers=peers, own_shares=own, share_keys=incoming), envelope
+
+
+def open_forwarded(
+    envelope: crypto.Envelope, coordinator_public: bytes, *, federation: str, round_number: int, recipient: str
+) -> dict[str, str]:
+    """The ciphertexts (sender -> base64) in the coordinator's bundle for `recipient`, once its
+    signature, binding (federation or bucket instance, round, phase) and recipient check; else
+    `BadSignature`, `StaleMessage` or `WrongSender`, and `WrongLength` for a bundle without a
+    sender -> text mapping. Each ciphertext is checked later, by `masked_input`'s decryption."""
+    body = crypto.open_envelope(
+        envelope, coordinator_public, federation=federation, round_number=round_number, phase=FORWARDED,
+        sender=COORDINATOR,
+    )
+    if body.get("recipient") != recipient:
+        raise WrongSender(f"the coordinator's bundle is addressed to {body.get('recipient')!r}, not {recipient!r}")
+    ciphertexts = body.get("ciphertexts")
+    if not isinstance(ciphertexts, dict):
+        raise WrongLength("the coordinator's bundle of shares is malformed")
+    return dict(ciphertexts)
 
 
 # -- phase 3 -------------------------------------------------------------------------------------------
@@ -211,15 +265,16 @@ def masked_input(
     state: ClientState,
     identity: Ed25519PrivateKey,
     u2: Sequence[str],
-    shares: Mapping[str, crypto.Envelope],
-    identities: Mapping[str, bytes],
+    forwarded: Mapping[str, str],
     vector: np.ndarray,
 ) -> tuple[ClientState, crypto.Envelope, np.ndarray]:
     """Mask the quantised `vector` (uint32); keep the shares addressed to this silo.
 
-    A peer whose shares message does not verify or whose ciphertext does not decrypt is reported
-    in the message (``bad_senders``): the coordinator then treats it as dropped. Its pairwise
-    mask is still applied (it depends only on public keys), so the sum stays consistent."""
+    `forwarded` maps each sender in U2 to its ciphertext for this silo (base64), as the
+    coordinator forwarded it. A sender whose ciphertext is missing, not base64, or does not
+    decrypt under the pair's key to two field elements is reported in the message
+    (``bad_senders``): the coordinator then treats it as dropped. Its pairwise mask is still
+    applied (it depends only on public keys), so the sum stays consistent."""
     me = state.silo
     if state.self_seed is None:
         raise SecAggError("masked input before share_keys")
@@ -229,17 +284,17 @@ def masked_input(
     if vector.dtype != np.uint32 or vector.ndim != 1:
         raise WrongLength("the input must be a 1-D uint32 vector")
     held, bad = {}, []
-    share_agree, keys = crypto.agreement(state.enc_private), ctx.round_keys()
+    keys, share_agree = ctx.round_keys(), None
     for v in members:
         if v == me:
             continue
         try:
-            body = crypto.open_envelope(
-                shares[v], identities[v], federation=ctx.federation, round_number=ctx.round_number, phase=SHARES, sender=v
-            )
-            blob = crypto.unb64(body["ciphertexts"][me])
-            shared = share_agree(state.peers[v]["enc"])
-            seed_share, mask_share = _unpack(keys.decrypt_share(shared, v, me, blob))
+            blob = crypto.unb64(forwarded[v])
+            key = state.share_keys.get(v)
+            if key is None:  # a state kept by a version that did not store the share keys
+                share_agree = share_agree or crypto.agreement(state.enc_private)
+                key = keys.share_key(share_agree(state.peers[v]["enc"]), v, me)
+            seed_share, mask_share = _unpack(keys.open_share(key, v, me, blob))
         except (SecAggError, KeyError, TypeError):
             bad.append(v)
             continue

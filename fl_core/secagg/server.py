@@ -2,7 +2,10 @@
 participant sets, sum the masked inputs and remove the masks.
 
 Each ``collect_*`` verifies every message (sender, binding, signature, shape) and returns the
-accepted silos and, for each refused one, why; a refused silo counts as dropped from then on. The
+accepted silos and, for each refused one, why; a refused silo counts as dropped from then on.
+Between the shares and the masked phase the coordinator forwards to each silo of U2 only the
+ciphertexts addressed to it (`forward_shares`, `seal_forwarded`; Bonawitz et al., §4), which the
+silo checks by authenticated decryption (see `fl_core.secagg.client` for why that suffices). The
 coordinator never holds a single silo's unmasked input: it sums masked vectors, and unmasking
 reconstructs only the survivors' self-mask seeds and the dropped silos' mask keys (Bonawitz et al.,
 CCS 2017). Every reconstructed secret is checked against a public commitment (the advertised mask
@@ -16,10 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fl_core.errors import SecAggError, ThresholdError, UnknownSilo, WrongLength, WrongSender
 from fl_core.secagg import crypto, prg, shamir
-from fl_core.secagg.client import MASKED, SHARES, UNMASK, RoundContext, read_advert
+from fl_core.secagg.client import COORDINATOR, FORWARDED, MASKED, SHARES, UNMASK, RoundContext, read_advert
 
 
 def _reason(exc: Exception) -> str:
@@ -55,6 +59,7 @@ def collect_adverts(ctx: RoundContext, adverts: Mapping[str, crypto.Envelope], i
 class Shares:
     commitments: dict[str, str]
     rejected: dict[str, str] = field(default_factory=dict)
+    ciphertexts: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)  # sender -> receiver -> base64
 
     @property
     def u2(self) -> list[str]:
@@ -65,7 +70,7 @@ def collect_shares(
     ctx: RoundContext, u1: Sequence[str], shares: Mapping[str, crypto.Envelope], identities: Mapping[str, bytes]
 ) -> Shares:
     members = ctx.check_set("U1", u1)
-    commitments, rejected = {}, {}
+    commitments, rejected, accepted = {}, {}, {}
     for silo in sorted(shares, key=lambda s: ctx.x(s) if s in ctx.roster else 10**9):
         try:
             if silo not in members:
@@ -81,15 +86,35 @@ def collect_shares(
             expected = set(members) - {silo}
             if receivers != expected:
                 raise UnknownSilo(f"{silo} sent shares for {sorted(receivers ^ expected)} against U1")
+            if not all(isinstance(blob, str) for blob in ciphertexts.values()):
+                raise WrongLength(f"{silo}'s ciphertexts are malformed")
             commitment = body.get("commitment")
             if not isinstance(commitment, str) or len(commitment) != 64:
                 raise WrongLength(f"{silo}'s seed commitment is malformed")
             commitments[silo] = commitment
+            accepted[silo] = dict(ciphertexts)
         except SecAggError as exc:
             rejected[silo] = _reason(exc)
     if len(commitments) < ctx.threshold:
         raise ThresholdError(f"{len(commitments)} silos shared their keys, the threshold is {ctx.threshold}")
-    return Shares(commitments=commitments, rejected=rejected)
+    return Shares(commitments=commitments, rejected=rejected, ciphertexts=accepted)
+
+
+def forward_shares(ctx: RoundContext, shares: Shares) -> dict[str, dict[str, str]]:
+    """recipient -> {sender -> base64 ciphertext} for every recipient and every other sender in U2:
+    what each silo of U2 is sent for the masked-input phase (only its own ciphertexts)."""
+    u2 = ctx.check_set("U2", shares.u2)
+    return {recipient: {sender: shares.ciphertexts[sender][recipient] for sender in u2 if sender != recipient}
+            for recipient in u2}
+
+
+def seal_forwarded(
+    ctx: RoundContext, identity: Ed25519PrivateKey, recipient: str, ciphertexts: Mapping[str, str]
+) -> crypto.Envelope:
+    """The coordinator's signed bundle of `recipient`'s ciphertexts, bound to the round's federation
+    (or bucket instance), round, phase and recipient (`client.open_forwarded` checks all four)."""
+    ctx.x(recipient)
+    return crypto.seal(identity, ctx.header(FORWARDED, COORDINATOR), {"recipient": recipient, "ciphertexts": dict(ciphertexts)})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

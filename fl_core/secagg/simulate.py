@@ -42,14 +42,20 @@ def run_round(
 ) -> Transcript:
     """Run one round. ``drop[silo] = phase`` makes that silo send nothing from that phase on.
 
+    The coordinator forwards each silo's ciphertexts to it in a bundle it signs with an identity
+    of its own (made here), and each silo verifies its bundle before masking, as in the pipeline.
     The transcript's ``seconds`` holds each phase's work: all silos' summed and the coordinator's
-    (identity set-up and the simulation's own bookkeeping are outside every phase)."""
+    (forwarding and signing the bundles count to the coordinator's shares phase, opening one's
+    bundle to the silos' masked phase; identity set-up and the simulation's own bookkeeping are
+    outside every phase)."""
     drop = dict(drop or {})
     for silo, phase in drop.items():
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r} for {silo}")
     identities = dict(identities or identities_for(ctx))
     public = {silo: crypto.identity_public(key) for silo, key in identities.items()}
+    coordinator = crypto.new_identity()
+    coordinator_public = crypto.identity_public(coordinator)
     length = len(next(iter(inputs.values())))
 
     def active(silo: str, phase: str) -> bool:
@@ -77,13 +83,21 @@ def run_round(
             )
     collected_shares = timed("shares.server", server.collect_shares, ctx, collected_adverts.u1, share_messages, public)
 
+    def forward() -> dict[str, crypto.Envelope]:
+        return {recipient: server.seal_forwarded(ctx, coordinator, recipient, ciphertexts)
+                for recipient, ciphertexts in server.forward_shares(ctx, collected_shares).items()}
+
+    bundles = timed("shares.server", forward)
+
+    def mask(silo: str):
+        forwarded = client.open_forwarded(bundles[silo], coordinator_public, federation=ctx.federation,
+                                          round_number=ctx.round_number, recipient=silo)
+        return client.masked_input(ctx, states[silo], identities[silo], collected_shares.u2, forwarded, inputs[silo])
+
     masked = {}
     for silo in collected_shares.u2:
         if active(silo, client.MASKED):
-            states[silo], envelope, vector = timed(
-                "masked.silos", client.masked_input,
-                ctx, states[silo], identities[silo], collected_shares.u2, share_messages, public, inputs[silo],
-            )
+            states[silo], envelope, vector = timed("masked.silos", mask, silo)
             masked[silo] = (envelope, vector)
     collected_masked = timed("masked.server", server.collect_masked, ctx, collected_shares.u2, masked, public, length)
 

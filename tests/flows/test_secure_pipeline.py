@@ -113,13 +113,14 @@ def _forms(secret: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize("noise", [False, True])
 def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch, noise):
-    """Keys, seeds, shares, unmasked updates and distributed-DP noise shares: not in the exchange,
-    MLflow, Prefect's database or logs."""
+    """Keys (the round's private keys and the peers' share-encryption keys), seeds, shares, unmasked
+    updates and distributed-DP noise shares: not in the exchange, MLflow, Prefect's database or logs."""
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     import infra.keystore as keystore
 
     secrets: list[bytes] = []
+    share_keys: set[bytes] = set()
     save_state, save_update = keystore.RoundSecrets.save_state, keystore.RoundSecrets.save_update
 
     def capture_state(self, state):
@@ -129,6 +130,10 @@ def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch,
             secrets.append(bytes.fromhex(raw["self_seed"]))
         for share in [*raw["own_shares"].values(), *(v for held in raw["held"].values() for v in held.values())]:
             secrets.append(int(share, 16).to_bytes(33, "big"))
+        keys = [bytes.fromhex(key) for key in raw["share_keys"].values()]  # the peers' share-encryption keys
+        assert not raw["self_seed"] or len(keys) == len(raw["peers"]) - 1  # kept from the shares phase on
+        secrets.extend(keys)
+        share_keys.update(keys)
         return save_state(self, state)
 
     def capture_update(self, delta, n_samples, noise=None):
@@ -166,6 +171,7 @@ def test_round_secrets_never_leave_the_silo(federation, state_home, monkeypatch,
         root.removeHandler(handler)
         root.setLevel(level)
     assert len(secrets) > 20 and records
+    assert len(share_keys) == 3 * 2  # each of the 3 silos kept a key for each of its 2 peers
     assert (record["federation_privacy"] is not None) == noise
 
     places: list[Path] = [p for p in (state_home / "exchange").rglob("*") if p.is_file()]
@@ -215,8 +221,9 @@ def test_a_silo_crashing_in_any_phase_of_its_round_is_dropped_and_the_round_reco
 def test_an_order_of_one_phase_replayed_in_the_next_is_refused_by_the_silo(federation, state_home, monkeypatch):
     """s2 is handed the coordinator's (genuine, signed) order of the previous phase in place of each
     phase's own: it refuses it, answers why, does nothing, and the round goes on without it."""
-    import flows.round
     from pipeline_helpers import Scripted
+
+    import flows.round
 
     class Replaying(Scripted):
         previous = None

@@ -135,14 +135,18 @@ class Round:
 
     Each silo step (`advertise`, `share`, `mask`, `reveal`) runs the client function for the
     silos that reached that phase, minus `skip`, and stores their messages; each coordinator step
-    (`collect_*`, `unmask`) runs the server function on whatever the message dicts hold then."""
+    (`collect_*`, `unmask`) runs the server function on whatever the message dicts hold then.
+    `collect_shares` also forwards: it seals each silo of U2 its bundle of ciphertexts (`bundles`),
+    which `mask` opens with the coordinator's key before masking."""
 
     ctx: RoundContext
     identities: dict[str, Ed25519PrivateKey]
     inputs: dict[str, np.ndarray]
+    coordinator: Ed25519PrivateKey = field(default_factory=crypto.new_identity)
     states: dict[str, ClientState] = field(default_factory=dict)
     adverts: dict[str, crypto.Envelope] = field(default_factory=dict)
     shares: dict[str, crypto.Envelope] = field(default_factory=dict)
+    bundles: dict[str, crypto.Envelope] = field(default_factory=dict)  # recipient -> the coordinator's signed bundle
     masked: dict[str, tuple[crypto.Envelope, np.ndarray]] = field(default_factory=dict)
     reveals: dict[str, crypto.Envelope] = field(default_factory=dict)
     collected_adverts: server.Adverts | None = None
@@ -171,6 +175,20 @@ class Round:
         return {s: crypto.identity_public(k) for s, k in self.identities.items()}
 
     @property
+    def coordinator_public(self) -> bytes:
+        return crypto.identity_public(self.coordinator)
+
+    def forwarded_to(self, silo: str, ctx: RoundContext | None = None) -> dict[str, str]:
+        """`silo`'s bundle as it opens it (signature, binding and recipient checked)."""
+        ctx = ctx or self.ctx
+        return client.open_forwarded(self.bundles[silo], self.coordinator_public, federation=ctx.federation,
+                                     round_number=ctx.round_number, recipient=silo)
+
+    def seal_bundle(self, silo: str, ciphertexts: Mapping[str, object]) -> None:
+        """Replace `silo`'s bundle by one the coordinator signs with other contents."""
+        self.bundles[silo] = server.seal_forwarded(self.ctx, self.coordinator, silo, dict(ciphertexts))
+
+    @property
     def d(self) -> int:
         return len(next(iter(self.inputs.values())))
 
@@ -193,7 +211,7 @@ class Round:
         for s in u2:
             if s not in set(skip):
                 self.states[s], envelope, vector = client.masked_input(
-                    self.ctx, self.states[s], self.identities[s], u2, self.shares, self.public, self.inputs[s]
+                    self.ctx, self.states[s], self.identities[s], u2, self.forwarded_to(s), self.inputs[s]
                 )
                 self.masked[s] = (envelope, vector)
 
@@ -212,6 +230,10 @@ class Round:
 
     def collect_shares(self) -> server.Shares:
         self.collected_shares = server.collect_shares(self.ctx, self.collected_adverts.u1, self.shares, self.public)
+        self.bundles = {
+            recipient: server.seal_forwarded(self.ctx, self.coordinator, recipient, ciphertexts)
+            for recipient, ciphertexts in server.forward_shares(self.ctx, self.collected_shares).items()
+        }
         return self.collected_shares
 
     def collect_masked(self) -> server.Masked:

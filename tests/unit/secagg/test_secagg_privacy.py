@@ -159,7 +159,7 @@ def test_a_late_silo_stays_hidden_behind_its_self_mask():
 
     # The late silo computes its masked input anyway, and it reaches the coordinator.
     _, envelope, late_vector = client.masked_input(
-        ctx, r.states[late], r.identities[late], r.collected_shares.u2, r.shares, r.public, inputs[late]
+        ctx, r.states[late], r.identities[late], r.collected_shares.u2, r.forwarded_to(late), inputs[late]
     )
     crypto.open_envelope(envelope, r.public[late], federation=FEDERATION, round_number=ctx.round_number,
                          phase=client.MASKED, sender=late, vector=late_vector)

@@ -112,7 +112,7 @@ def test_silos_refuse_to_mask_or_unmask_for_fewer_than_t_peers():
     me = r.ctx.roster[0]
     too_few = list(r.ctx.roster[: r.ctx.threshold - 1])
     with pytest.raises(ThresholdError):
-        client.masked_input(r.ctx, r.states[me], r.identities[me], too_few, r.shares, r.public, r.inputs[me])
+        client.masked_input(r.ctx, r.states[me], r.identities[me], too_few, r.forwarded_to(me), r.inputs[me])
     r.through_masked()
     with pytest.raises(ThresholdError):
         client.unmask(r.ctx, r.states[me], r.identities[me], too_few, [])

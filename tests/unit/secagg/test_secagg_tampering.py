@@ -231,7 +231,7 @@ def test_a_replay_rebound_to_the_current_round_fails_the_signature(two_rounds):
 
 def test_silos_refuse_replayed_peer_messages(two_rounds):
     """The silos check bindings too: a replayed advert in U1 makes share_keys refuse the round; a
-    replayed shares message is reported as a bad sender."""
+    peer's ciphertext of the previous round, forwarded in its place, is reported as a bad sender."""
     previous, current = two_rounds
     current.through_keys()
     me, peer = current.ctx.roster[0], current.ctx.roster[1]
@@ -241,10 +241,12 @@ def test_silos_refuse_replayed_peer_messages(two_rounds):
                           adverts, current.public)
     current.through_shares()
     current.mask()
-    replayed = dict(current.shares, **{peer: previous.shares[peer]})  # only `me` is served the replay
+    # only `me` is served the replay, in a bundle the coordinator signs for this round
+    replayed = dict(current.forwarded_to(me), **{peer: previous.shares[peer].body["ciphertexts"][me]})
+    current.seal_bundle(me, replayed)
     current.states[me], envelope, vector = client.masked_input(
-        current.ctx, current.states[me], current.identities[me], current.collected_shares.u2, replayed,
-        current.public, current.inputs[me],
+        current.ctx, current.states[me], current.identities[me], current.collected_shares.u2,
+        current.forwarded_to(me), current.inputs[me],
     )
     current.masked[me] = (envelope, vector)
     assert current.states[me].bad_senders == (peer,)
@@ -328,7 +330,7 @@ def test_masked_inputs_outside_u2_are_refused():
     r.mask()
     u2 = r.collected_shares.u2
     _, envelope, vector = client.masked_input(
-        r.ctx, r.states[u2[0]], r.identities[u2[0]], u2, r.shares, r.public, r.inputs[u2[0]]
+        r.ctx, r.states[u2[0]], r.identities[u2[0]], u2, r.forwarded_to(u2[0]), r.inputs[u2[0]]
     )
     r.masked[outsider] = (reseal(r.identities[outsider], envelope, header=r.ctx.header(client.MASKED, outsider),
                                  vector=vector), vector)
@@ -381,11 +383,11 @@ def test_vectors_of_the_wrong_length_or_type_are_refused():
         assert_rejected(masked.rejected, silo, WrongLength)
     assert masked.survivors == list(r.ctx.roster[3:])
     with pytest.raises(WrongLength):
-        client.masked_input(r.ctx, r.states[longer], r.identities[longer], r.collected_shares.u2, r.shares,
-                            r.public, r.inputs[longer].astype(np.float32))
+        client.masked_input(r.ctx, r.states[longer], r.identities[longer], r.collected_shares.u2,
+                            r.forwarded_to(longer), r.inputs[longer].astype(np.float32))
     with pytest.raises(WrongLength):
-        client.masked_input(r.ctx, r.states[longer], r.identities[longer], r.collected_shares.u2, r.shares,
-                            r.public, r.inputs[longer].reshape(4, 4))
+        client.masked_input(r.ctx, r.states[longer], r.identities[longer], r.collected_shares.u2,
+                            r.forwarded_to(longer), r.inputs[longer].reshape(4, 4))
     finish(r, list(r.ctx.roster[3:]))
 
 
