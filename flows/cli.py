@@ -349,12 +349,13 @@ def _stack(config: Path):
 @stack_app.command("up")
 @user_errors
 def stack_up(config: ConfigArg) -> None:
-    """Start a Prefect server, one worker per silo pool, an S3 server and an MLflow server."""
+    """Start PostgreSQL, a Prefect server on it, one worker per silo pool, an S3 server and an MLflow server."""
     stack = _stack(config)
-    urls = stack.up(on_step=lambda message: out.print(f"[dim]{message}[/]"))
+    urls = stack.up(on_step=lambda message: out.print(f"[dim]{message}[/]", soft_wrap=True))
     out.print(f"Prefect UI  {urls['prefect']}  (it asks for PREFECT_API_AUTH_STRING, below)")
     out.print(f"MLflow UI   {urls['mlflow']}")
     out.print(f"S3 endpoint {urls['s3']}  (bucket fedsilo)")
+    out.print(f"PostgreSQL  {urls['postgres']}  (the Prefect server's database, in {stack.database_root})", soft_wrap=True)
     out.print("to use this stack from a shell:")
     for key, value in stack.client_environment(stack.layout()).items():
         out.print(f"  export {key}={value}", soft_wrap=True)
@@ -371,18 +372,18 @@ def stack_down(config: ConfigArg) -> None:
 @stack_app.command("status")
 @user_errors
 def stack_status(config: ConfigArg) -> None:
-    """Which stack processes run, with their pids and addresses."""
+    """Which stack processes run, with their pids, addresses and (the database's) data folder."""
     rows = _stack(config).status()
     if not rows:
         out.print("the stack is not up")
         return
     table = Table(box=None)
-    for column in ("process", "pid", "state", "address"):
-        table.add_column(column)
+    for column in ("process", "pid", "state", "address", "folder"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(row.name, str(row.pid or "-"), "[green]running[/]" if row.running else "[red]stopped[/]",
-                      row.address or "")
-    out.print(table)
+                      row.address or "", str(row.folder or ""))
+    out.print(table, soft_wrap=True)
     if not all(row.running for row in rows):
         raise typer.Exit(1)
 

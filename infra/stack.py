@@ -1,12 +1,13 @@
 """`fedsilo stack up|down|status`: the federated mode's servers on one machine, for a person trying
-it — a Prefect server, one Prefect process worker per silo pool (and one for the coordinator's
-pool), an S3-compatible server (moto's server mode) and an MLflow tracking server, all listening on
-127.0.0.1 only.
+it — a PostgreSQL server and a Prefect server on it, one Prefect process worker per silo pool (and
+one for the coordinator's pool), an S3-compatible server (moto's server mode) and an MLflow tracking
+server, all listening on 127.0.0.1 only.
 
 Everything lives under ``<state>/stack/``: ``stack.json`` (ports, addresses, bucket), ``pids/<name>.json``
-(pid, process group, the command it runs), ``logs/<name>.log``, the servers' stores, and one state
-folder per silo (``silos/<id>/``: each silo's worker runs its flows with its own ``FEDSILO_HOME``); the
-coordinator's worker uses the state folder the stack was started from, like `fedsilo run` there.
+(pid, process group, the command it runs), ``logs/<name>.log``, the servers' stores (the Prefect
+server's database cluster in ``postgres/``, see `infra.postgres`), and one state folder per silo
+(``silos/<id>/``: each silo's worker runs its flows with its own ``FEDSILO_HOME``); the coordinator's
+worker uses the state folder the stack was started from, like `fedsilo run` there.
 Each process starts in its own session and is stopped by its recorded process group only — and only
 if the pid still runs the command recorded for it (a pid reused by another program is left alone).
 
@@ -17,7 +18,8 @@ the first `up`, kept in ``stack.json`` (0600), handed to the workers and printed
 lines (``PREFECT_API_AUTH_STRING``) for the shell that runs the coordinator; the UI asks for it.
 
 `up` is idempotent: it starts what is not running and leaves what is. A failed start stops what this
-call started, so nothing is left half up.
+call started, so nothing is left half up. PostgreSQL starts first (the Prefect server migrates its
+database when it starts) and stops last, with ``pg_ctl stop -m fast``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fl_core.errors import FedsiloError
+from infra import postgres
 from infra.config import FederationConfig
 from infra.keystore import write_private
 from infra.state import StateDir
@@ -51,25 +54,27 @@ WORKERS_READY_TIMEOUT_S = 240.0  # 17 workers starting at once on 2 cores take a
 STOP_TIMEOUT_S = 15.0
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "fedsilo-local",
                "AWS_DEFAULT_REGION": "us-east-1"}  # moto accepts any; never real credentials
+QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
+# The Prefect server on PostgreSQL keeps Prefect's defaults: the task-run recorder and the event
+# persister on, its connection pool at 5 + 10 overflow. Measured on 2 cores with 4 and 8 client
+# processes (64 and 256 silo-like runs at once, each a flow run and 6 task runs through their states,
+# 21 requests): no errors or timeouts, and a pool of 20 + 20 was no faster (17.5 s for 64 either way,
+# 42 connections open instead of 17) — the one server process is bound by its own CPU, not by
+# connections. It held at most 18 connections; max_connections leaves room for that, the stack's
+# own provisioning and a psql session or two.
+MAX_CONNECTIONS = 50
 
-# The stack's Prefect server keeps its database in SQLite, which serialises writes: with the task-run
-# recorder and the event persister on, every silo run's task states and events become writes that
-# lock out the coordinator's run creations (measured: 0.1 s per creation, 2.3 s when a runner's flow
-# was writing at the same time). Flow runs, their states and logs are kept; task runs and the event
-# history are not (the live event stream, which waits on runs, is unaffected). A production server on
-# PostgreSQL keeps both.
-POLLS_PER_SECOND = 5  # all workers together (see poll_seconds)
-MANY_SILOS = 8  # measured: 4 silos' workers run rounds here, 16 stall the server (README, "Where a phase's time goes")
-SQLITE_SERVER = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
-                 "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false"}
+# Each worker poll costs the Prefect server about 20 ms of CPU; PostgreSQL's part is around 1 ms,
+# and it takes the polls' writes concurrently (on SQLite they queued for its one writer). Measured
+# with 17 idle workers: 0.32 of a core at 1 s each, 0.17 at 2 s, 0.09 at 4 s.
+POLLS_PER_SECOND = 10  # all workers together: about a fifth of a core of the server's time (see poll_seconds)
 
 
 def poll_seconds(workers: int) -> int:
-    """How often each worker asks the server for runs. Every poll is a write transaction on the server
-    (the queue's and the deployments' last-polled marks), and SQLite takes one writer at a time: the
-    stack's workers together poll about five times a second, whatever their number (1 s each up to
-    5 workers, 4 s each at 17)."""
+    """How often each worker asks the server for runs: every second up to POLLS_PER_SECOND workers (a
+    run is picked up ~0.5 s after it is created, on average), less often beyond so that the workers
+    together poll about POLLS_PER_SECOND times a second (2 s each at 17 workers, 11 s at 101)."""
     return max(1, math.ceil(workers / POLLS_PER_SECOND))
 
 
@@ -83,6 +88,7 @@ class Service:
     argv: list[str]
     env: dict[str, str]
     health: str | None  # URL answering 200 once the service is ready; None: a worker (pid only)
+    run_as: postgres.Account | None = None  # started as this user (PostgreSQL's, when the stack runs as root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,7 @@ class Status:
     pid: int | None
     running: bool
     address: str | None
+    folder: Path | None = None  # where it keeps its data, for the database
 
 
 def free_port() -> int:
@@ -112,6 +119,7 @@ class Stack:
         self.pids = self.root / "pids"
         self.logs = self.root / "logs"
         self.layout_file = self.root / "stack.json"
+        self.database_root = self.root / "postgres"
         # processes this call started: their Popen tells liveness even before exec has replaced the
         # forked child's command line (which the recorded-argv check cannot yet match)
         self._children: dict[str, subprocess.Popen] = {}
@@ -120,12 +128,15 @@ class Stack:
     def layout(self) -> dict:
         if self.layout_file.exists():
             layout = json.loads(self.layout_file.read_text())
-            if layout.get("federation") == self.config.federation:
-                return layout
-            raise StackError(f"{self.root} runs federation {layout.get('federation')!r}; stop it first "
-                             "(fedsilo stack down) or use another FEDSILO_HOME")
+            if layout.get("federation") != self.config.federation:
+                raise StackError(f"{self.root} runs federation {layout.get('federation')!r}; stop it first "
+                                 "(fedsilo stack down) or use another FEDSILO_HOME")
+            if "postgres" not in layout["ports"]:
+                raise StackError(f"{self.root} was started by an earlier fedsilo, with its Prefect server on SQLite; "
+                                 "stop it first (fedsilo stack down)")
+            return layout
         return {"federation": self.config.federation,
-                "ports": {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()},
+                "ports": {"postgres": free_port(), "prefect": free_port(), "mlflow": free_port(), "s3": free_port()},
                 # the Prefect API answers only requests that carry it (basic auth); stack.json is 0600
                 "auth": f"fedsilo:{secrets.token_urlsafe(24)}"}
 
@@ -133,6 +144,7 @@ class Stack:
     def addresses(layout: dict) -> dict[str, str]:
         ports = layout["ports"]
         return {
+            "postgres": f"postgresql://{HOST}:{ports['postgres']}/{postgres.DATABASE}",
             "prefect": f"http://{HOST}:{ports['prefect']}",
             "mlflow": f"http://{HOST}:{ports['mlflow']}",
             "s3": f"http://{HOST}:{ports['s3']}",
@@ -150,43 +162,62 @@ class Stack:
             **CREDENTIALS,
         }
 
-    def services(self, layout: dict) -> list[Service]:
+    def cluster(self, account: postgres.Account | None) -> postgres.Cluster:
+        """The Prefect server's database cluster (``postgres/``), run by `account` (None: this user)."""
+        return postgres.Cluster(root=self.database_root, account=account)
+
+    def database(self, layout: dict, binaries: postgres.Binaries, cluster: postgres.Cluster) -> Service:
+        argv = postgres.server_argv(binaries, cluster, layout["ports"]["postgres"], max_connections=MAX_CONNECTIONS)
+        return Service("postgres", argv, postgres.server_env(), None, run_as=cluster.account)
+
+    def servers(self, layout: dict, cluster: postgres.Cluster) -> list[Service]:
+        """The Prefect server (on `cluster`, which must exist: its password is made at initdb), moto's S3
+        server, MLflow's tracking server."""
         ports, urls = layout["ports"], self.addresses(layout)
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "MLFLOW_", "AWS_"))}
-        quiet = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        prefect_env = {**base, **quiet, **SQLITE_SERVER, "PREFECT_HOME": str(self.root / "prefect"),
+        base = self._base_env()
+        prefect_env = {**base, **QUIET, "PREFECT_HOME": str(self.root / "prefect"),
                        "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports["prefect"]),
-                       "PREFECT_SERVER_API_AUTH_STRING": layout["auth"]}
+                       "PREFECT_SERVER_API_AUTH_STRING": layout["auth"],
+                       "PREFECT_API_DATABASE_CONNECTION_URL": cluster.url(ports["postgres"])}
         bin_dir = Path(sys.executable).parent
-        services = [
+        return [
             Service("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port",
                                 str(ports["prefect"])], prefect_env, f"{urls['prefect']}/api/health"),
             Service("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(ports["s3"])],
-                    {**base, **quiet}, f"{urls['s3']}/moto-api/"),
+                    {**base, **QUIET}, f"{urls['s3']}/moto-api/"),
             Service("mlflow", [str(bin_dir / "mlflow"), "server", "--host", HOST, "--port", str(ports["mlflow"]),
                                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                                "--artifacts-destination", str(self.root / "mlartifacts"), "--workers", "1"],
-                    {**base, **quiet, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{urls['mlflow']}/health"),
+                    {**base, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{urls['mlflow']}/health"),
         ]
-        client = self.client_environment(layout)
+
+    def workers(self, layout: dict) -> list[Service]:
+        """One Prefect process worker per pool: the coordinator's and each silo's."""
+        base = self._base_env()
+        bin_dir = Path(sys.executable).parent
         # the pools' fixed command runs the `python` first on PATH: this environment's
         path = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
-        worker_env = {**base, **quiet, **client, "PATH": path,
+        worker_env = {**base, **QUIET, **self.client_environment(layout), "PATH": path,
                       "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds(len(self.config.silos) + 1)),
                       "PREFECT_HOME": str(self.root / "prefect-client")}
+        return [Service(
+            f"worker-{pool}",
+            [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
+             f"{pool}-worker", "--no-create-pool-if-not-found", "--install-policy", "never"],
+            {**worker_env, "FEDSILO_HOME": str(home),
+             # the training deployment dispatches each silo's phase to the silo's pool
+             **({"FEDSILO_DISPATCH": "work_pools"} if pool == COORDINATOR_POOL else {})}, None,
+        ) for pool, home in self._pool_homes()]
+
+    def _pool_homes(self) -> list[tuple[str, Path]]:
         # the coordinator's worker shares the state folder of whoever runs `fedsilo run` here: one coordinator
         # identity, one privacy ledger, whether a job starts from the command line or from the deployment
-        for pool, home in [(COORDINATOR_POOL, self.state_root),
-                           *((s.pool_name, self.silo_state(s.id).root) for s in self.config.silos)]:
-            services.append(Service(
-                f"worker-{pool}",
-                [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
-                 f"{pool}-worker", "--no-create-pool-if-not-found", "--install-policy", "never"],
-                {**worker_env, "FEDSILO_HOME": str(home),
-                 # the training deployment dispatches each silo's phase to the silo's pool
-                 **({"FEDSILO_DISPATCH": "work_pools"} if pool == COORDINATOR_POOL else {})}, None,
-            ))
-        return services
+        return [(COORDINATOR_POOL, self.state_root),
+                *((s.pool_name, self.silo_state(s.id).root) for s in self.config.silos)]
+
+    @staticmethod
+    def _base_env() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDSILO_", "MLFLOW_", "AWS_"))}
 
     # -- processes ---------------------------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:
@@ -217,7 +248,8 @@ class Stack:
         self.pids.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{service.name}.log", "ab") as log:
             process = subprocess.Popen(service.argv, env=service.env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+                                       stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root,
+                                       **(service.run_as.popen() if service.run_as else {}))
         record = {"pid": process.pid, "pgid": process.pid, "argv": service.argv, "started": time.time()}
         self._pid_file(service.name).write_text(json.dumps(record))
         self._children[service.name] = process
@@ -279,20 +311,21 @@ class Stack:
             import moto.server  # noqa: F401  (the S3-compatible server)
         except ImportError:
             raise StackError("the S3 server needs moto: pip install 'moto[server]'") from None
+        binaries = postgres.find_binaries()  # before anything is written or started
+        cluster = self.cluster(postgres.server_account())
+        postgres.check_reachable(cluster)
         layout = self.layout()
         self.root.mkdir(parents=True, exist_ok=True)
         write_private(self.layout_file, json.dumps(layout, indent=1).encode())
+        postgres.admit(self.root, cluster.account)  # the database's user passes through to its folder, nobody else
         started: list[str] = []
         try:
-            servers, workers = [], []
-            for service in self.services(layout):
-                (workers if service.health is None else servers).append(service)
+            self._database_up(layout, binaries, cluster, started)
+            on_step(f"postgres ready: {self.addresses(layout)['postgres']} ({cluster.root})")
+            servers, workers = self.servers(layout, cluster), self.workers(layout)
             for service in servers:  # start the servers together, then wait for each
                 if not self._running(service.name):
-                    port = layout["ports"][service.name]
-                    if not port_free(port):
-                        raise StackError(f"{service.name}: port {port} on {HOST} is taken by a process this stack "
-                                         f"did not start; stop it, or remove {self.layout_file} to pick new ports")
+                    self._check_port(service.name, layout)
                     self._start(service)
                     started.append(service.name)
             deadline = time.monotonic() + READY_TIMEOUT_S
@@ -304,7 +337,7 @@ class Stack:
             on_step(f"work pools: {COORDINATOR_POOL}, " + ", ".join(s.pool_name for s in self.config.silos))
             roster = self._enrol(layout)
             on_step(f"roster v{roster.version}: " + ", ".join(sorted(roster.members)))
-            began = datetime.now(timezone.utc)
+            began = datetime.now(UTC)
             for service in workers:
                 if not self._running(service.name):
                     self._start(service)
@@ -312,35 +345,80 @@ class Stack:
             fresh = {name: began for name in started}  # a restarted worker's old registration does not count
             self._wait_workers(layout, workers, fresh, time.monotonic() + WORKERS_READY_TIMEOUT_S)
             on_step(f"workers ready: {len(workers)}")
-            if len(self.config.silos) > MANY_SILOS:
-                on_step(f"note: {len(self.config.silos)} silos' process workers on one machine's SQLite server: at 16 "
-                        "this server stopped answering for minutes while the silos' runs started; serve the silos "
-                        "instead (`fedsilo silo serve`, see the README)")
         except BaseException:
-            self._stop_all(list(reversed(started)))
+            self._stop_in_order(started)
             raise
         return self.addresses(layout)
 
+    def _database_up(self, layout: dict, binaries: postgres.Binaries, cluster: postgres.Cluster,
+                     started: list[str]) -> None:
+        """The cluster made (once), its server started unless it runs, and the Prefect database in it."""
+        postgres.init_cluster(binaries, cluster)
+        service = self.database(layout, binaries, cluster)
+        if not self._running(service.name):
+            self._check_port(service.name, layout)
+            self._start(service)
+            started.append(service.name)
+        pid = self._recorded(service.name)["pid"]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not postgres.ready(cluster, pid):
+            if not self._running(service.name):
+                log = self.logs / f"{service.name}.log"
+                raise StackError(f"postgres exited while starting; see {log}{_tail(log)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"postgres did not accept connections within {READY_TIMEOUT_S:.0f} s; "
+                                 f"see {self.logs / 'postgres.log'}")
+            time.sleep(0.05)
+        postgres.ensure_database(cluster, layout["ports"]["postgres"])
+
+    def _check_port(self, name: str, layout: dict) -> None:
+        port = layout["ports"][name]
+        if not port_free(port):
+            raise StackError(f"{name}: port {port} on {HOST} is taken by a process this stack did not start; "
+                             f"stop it, or remove {self.layout_file} to pick new ports")
+
     def down(self) -> list[str]:
-        """Stop every recorded process (workers first), by its process group."""
+        """Stop every recorded process: the workers, then the servers, then the database."""
         if not self.pids.exists():
             return []
-        names = sorted(p.stem for p in self.pids.glob("*.json"))
-        stopped = self._stop_all([n for n in names if n.startswith("worker-")])  # workers first, together
-        stopped += self._stop_all([n for n in names if not n.startswith("worker-")])
+        stopped = self._stop_in_order(sorted(p.stem for p in self.pids.glob("*.json")))
         self.layout_file.unlink(missing_ok=True)
         return stopped
+
+    def _stop_in_order(self, names: list[str]) -> list[str]:
+        """The workers together, then the servers together, then PostgreSQL (the Prefect server holds
+        connections to it until it exits)."""
+        stopped = self._stop_all([n for n in names if n.startswith("worker-")])
+        stopped += self._stop_all([n for n in names if not n.startswith("worker-") and n != "postgres"])
+        if "postgres" in names:
+            stopped += self._stop_database()
+        return stopped
+
+    def _stop_database(self) -> list[str]:
+        """`pg_ctl stop -m fast` if the recorded postmaster runs and its lock file names it (pg_ctl
+        signals whatever pid that file holds), then by process group like the others if it still runs."""
+        record = self._recorded("postgres")
+        if not self._running("postgres"):
+            self._stop_all(["postgres"])  # forget the record
+            return []
+        with contextlib.suppress(postgres.PostgresError):
+            cluster = self.cluster(postgres.server_account())
+            if record is not None and postgres.lock_pid(cluster) == record["pid"]:
+                postgres.stop(postgres.find_binaries(), cluster, int(STOP_TIMEOUT_S))
+        self._stop_all(["postgres"])
+        return ["postgres"]
 
     def status(self) -> list[Status]:
         if not self.layout_file.exists():
             return []
-        layout = json.loads(self.layout_file.read_text())
+        layout = self.layout()
         urls = self.addresses(layout)
+        names = ["postgres", "prefect", "s3", "mlflow", *(f"worker-{pool}" for pool, _ in self._pool_homes())]
         rows = []
-        for service in self.services(layout):
-            record = self._recorded(service.name)
-            rows.append(Status(service.name, record["pid"] if record else None, self._alive(record),
-                               urls.get(service.name)))
+        for name in names:
+            record = self._recorded(name)
+            rows.append(Status(name, record["pid"] if record else None, self._alive(record), urls.get(name),
+                               self.database_root if name == "postgres" else None))
         return rows
 
     # -- provisioning ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 FEDSILO = str(Path(sys.executable).parent / "fedsilo")
@@ -33,3 +34,47 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def flow_run_pid(run_id: str) -> int | None:
+    """The process running flow run `run_id` on this machine (a process worker hands each run's process
+    its id in ``PREFECT__FLOW_RUN_ID``), if any."""
+    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def reachable_folder(prefix: str) -> Path:
+    """A new folder below /tmp that other users may pass through (0711) but not list. As root, the
+    stack's PostgreSQL runs as the user postgres, which must reach its data folder inside the stack
+    (pytest's own temp folders are 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o711)
+    return folder
+
+
+def processes_naming(root: Path) -> dict[int, str]:
+    """Live processes whose command line, environment or working folder names `root` (pid -> command
+    line): the stack's servers (which start in its folder), PostgreSQL's processes (in their data
+    folder), the workers and the flow runs they started."""
+    found = {}
+    needle = str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or not alive(int(entry.name)):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            cwd = os.fsencode(os.readlink(entry / "cwd"))
+        except OSError:  # gone, or another user's (not root): not one of this stack's
+            continue
+        if needle in cmdline or needle in environ or cwd.startswith(needle):
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
