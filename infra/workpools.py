@@ -17,7 +17,8 @@ the exchange (`infra.mailbox`): each phase's signed order is written once, and t
 manifests are collected as they arrive, with one deadline per phase. A silo whose run could not be
 created, whose run ended (failed, crashed, cancelled) without answering, or that misses the deadline
 is a delivery without a manifest: dropped for the phase, with the reason, and secure aggregation
-recovers it. When the round closes the coordinator writes the end order and ends the runs that do
+recovers it. A silo whose run ended or missed a deadline is dropped from the rest of the round too:
+later phases (the evaluation included) answer for it at once instead of waiting on it again. When the round closes the coordinator writes the end order and ends the runs that do
 not stop by themselves. The coordinator never reads a Prefect result of a silo, let alone unpickles
 one: manifests are signed JSON in the exchange.
 """
@@ -256,7 +257,8 @@ class WorkPoolDispatcher:
                     break
                 now = time.monotonic()
                 if now > deadline:
-                    for silo in pending:
+                    for silo in pending:  # dropped from the rest of the round: later phases do not wait on it
+                        self.unavailable[silo] = f"missed the {call.phase} phase's deadline ({self.timeout_s:g} s)"
                         deliver(Delivery(silo_id=silo, signed=None, wall_s=time.perf_counter() - began,
                                          error=f"missed the phase's deadline ({self.timeout_s:g} s)"))
                     pending = []
@@ -269,6 +271,7 @@ class WorkPoolDispatcher:
                         for silo, why in ended.items():
                             if silo not in arrived:
                                 pending.remove(silo)
+                                self.unavailable[silo] = why
                                 deliver(Delivery(silo_id=silo, signed=None, error=why,
                                                  wall_s=time.perf_counter() - began))
                 time.sleep(delay)
