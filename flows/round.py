@@ -12,10 +12,12 @@ has the silos publish their updates and merges them directly.
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
 import uuid
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from fl_core.messages import END, Order, phases_for, seal_order
@@ -27,6 +29,7 @@ from infra.dispatch import (
     SiloOutcome,
     Verified,
     default_parallel,
+    describe_error,
 )
 from infra.keystore import coordinator_identity
 from infra.progress import reporter
@@ -108,6 +111,33 @@ class _Round:
             silos = list(self.plan.silos)
             self.dispatcher.close_round(self.call(END, silos, {}) if silos else None)
 
+    def close_soon(self) -> _Closing:
+        """`close()` in a thread of its own: the silos' runs wind down while the coordinator scores
+        and records the round, instead of before."""
+        return _Closing(self.close)
+
+
+class _Closing:
+    """A call running in a thread (with the caller's context: its flow run, its Prefect settings);
+    `join()` waits for it and returns what it raised (None if nothing)."""
+
+    def __init__(self, target) -> None:
+        self.error: BaseException | None = None
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                context.run(target)
+            except BaseException as exc:  # handed to join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="fedsilo-round-close", daemon=True)
+        self.thread.start()
+
+    def join(self) -> BaseException | None:
+        self.thread.join()
+        return self.error
+
 
 def _trusted(run: _Round, config_q, state, plan, job_run_id: str):
     trained = run.train()
@@ -143,6 +173,7 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
         reporter().note(f"ended flow run {name}, left by an interrupted round")
     plan = plan_round(config_q, state, round_number)
     run = _Round(dispatcher, config, round_number, state)
+    closing = None
     try:
         run.start(plan)
         aggregated = AGGREGATION[config.aggregation.mode](run, config_q, state, plan, job_run_id)
@@ -150,19 +181,26 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
         if plan.champion_ref is not None:
             models["champion"] = plan.champion_ref
         evaluated = run.phase("evaluate", list(plan.silos), models, "evaluate_phase_s")
+        closing = run.close_soon()
     finally:
-        run.close()
-    log_validations(config_q, state, job_run_id, round_number, "evaluate", quote(evaluated))
-    assessment = assess(config_q, state, quote(plan), quote(evaluated))
+        if closing is None:
+            run.close()
+    try:
+        log_validations(config_q, state, job_run_id, round_number, "evaluate", quote(evaluated))
+        assessment = assess(config_q, state, quote(plan), quote(evaluated))
 
-    training = aggregated.training
-    train_compute = sum(training.train(s).compute_s for s in training.manifests)
-    timings = {
-        "started_at": started,
-        **run.timings,
-        "aggregate_s": aggregated.aggregate_s,
-        "compute_s": train_compute + assessment.compute_s,
-    }
-    record = record_round(config_q, state, job_run_id, quote(plan), quote(aggregated), quote(assessment), timings)
+        training = aggregated.training
+        train_compute = sum(training.train(s).compute_s for s in training.manifests)
+        timings = {
+            "started_at": started,
+            **run.timings,
+            "aggregate_s": aggregated.aggregate_s,
+            "compute_s": train_compute + assessment.compute_s,
+        }
+        record = record_round(config_q, state, job_run_id, quote(plan), quote(aggregated), quote(assessment), timings)
+    finally:
+        failed = closing.join()  # the round is over once its silos' runs are
+        if failed is not None:  # the round stands; the next round's settle() ends what is left
+            get_run_logger().warning("round %d: ending the silos' runs failed: %s", round_number, describe_error(failed))
     reporter().round_done(record)
     return record

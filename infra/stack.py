@@ -56,14 +56,18 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fedsilo-local", "AWS_SECRET_ACCESS_KEY": "f
                "AWS_DEFAULT_REGION": "us-east-1"}  # moto accepts any; never real credentials
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
-# The Prefect server on PostgreSQL keeps Prefect's defaults: the task-run recorder and the event
-# persister on, its connection pool at 5 + 10 overflow. Measured on 2 cores with 4 and 8 client
-# processes (64 and 256 silo-like runs at once, each a flow run and 6 task runs through their states,
-# 21 requests): no errors or timeouts, and a pool of 20 + 20 was no faster (17.5 s for 64 either way,
-# 42 connections open instead of 17) — the one server process is bound by its own CPU, not by
-# connections. It held at most 18 connections; max_connections leaves room for that, the stack's
-# own provisioning and a psql session or two.
-MAX_CONNECTIONS = 50
+# The Prefect server on PostgreSQL keeps its task-run recorder and event persister on, as Prefect
+# ships it. Measured on 2 cores with 4 and 8 client processes (64 and 256 silo-like runs at once, each
+# a flow run and 6 task runs through their states, 21 requests): no errors or timeouts, and a pool of
+# 20 + 20 was no faster than Prefect's 5 + 10 (17.5 s for 64 either way) — the one server process is
+# bound by its own CPU, not by connections. But with 50 silos' runs starting at once on the same two
+# cores (51 workers polling, 50 fresh processes importing Prefect and torch), the starved server held
+# its 15 connections in open transactions past the pool's 30 s wait and answered 500 ("QueuePool limit
+# of size 5 overflow 10 reached"): the stack gives it 20 + 30 connections and two minutes to get one.
+POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "30",
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_TIMEOUT": "120"}
+MAX_CONNECTIONS = 100  # the pool's 50, the stack's own provisioning, a psql session or two
 
 # Each worker poll costs the Prefect server about 20 ms of CPU; PostgreSQL's part is around 1 ms,
 # and it takes the polls' writes concurrently (on SQLite they queued for its one writer). Measured
@@ -178,7 +182,7 @@ class Stack:
         prefect_env = {**base, **QUIET, "PREFECT_HOME": str(self.root / "prefect"),
                        "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports["prefect"]),
                        "PREFECT_SERVER_API_AUTH_STRING": layout["auth"],
-                       "PREFECT_API_DATABASE_CONNECTION_URL": cluster.url(ports["postgres"])}
+                       "PREFECT_API_DATABASE_CONNECTION_URL": cluster.url(ports["postgres"]), **POOL}
         bin_dir = Path(sys.executable).parent
         return [
             Service("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port",
