@@ -32,7 +32,8 @@ per-round figures are what this machine pays.
 
 Last line: JSON with `pools_overhead_s_per_round_N`, `served_overhead_s_per_round_N`,
 `inprocess_overhead_s_per_round_N`, the ratios to embedded, the per-run medians and
-`stack_peak_pss_mb_N` for each size N.
+`stack_peak_pss_mb_N` for each size N; a size whose job failed appears as `failed_N` with the job's
+last line of error (the stack is stopped and the other sizes go on).
 """
 
 from __future__ import annotations
@@ -305,7 +306,12 @@ def main() -> None:
         for n in sizes:
             served_too = n <= SERVED_UP_TO  # 50 runners of ~0.5 GB each do not fit next to 50 workers here
             rounds = args.rounds or (1 if args.quick or n > SERVED_UP_TO else 3)
-            result = measure(n, 1, rounds, work, served_too)
+            try:
+                result = measure(n, 1, rounds, work, served_too)
+            except SystemExit as failed:  # a size that does not complete is reported, and the others kept
+                headline[f"failed_{n}"] = str(failed).strip().splitlines()[-1][:300]
+                print(f"  {n} silos FAILED: {headline[f'failed_{n}']}", flush=True)
+                continue
             inprocess = result["inprocess"]["overhead_s"]
             for path in ("pools", "served"):
                 if path not in result:

@@ -13,9 +13,9 @@ has the silos publish their updates and merges them directly.
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
@@ -111,32 +111,13 @@ class _Round:
             silos = list(self.plan.silos)
             self.dispatcher.close_round(self.call(END, silos, {}) if silos else None)
 
-    def close_soon(self) -> _Closing:
-        """`close()` in a thread of its own: the silos' runs wind down while the coordinator scores
-        and records the round, instead of before."""
-        return _Closing(self.close)
-
-
-class _Closing:
-    """A call running in a thread (with the caller's context: its flow run, its Prefect settings);
-    `join()` waits for it and returns what it raised (None if nothing)."""
-
-    def __init__(self, target) -> None:
-        self.error: BaseException | None = None
-        context = contextvars.copy_context()
-
-        def run() -> None:
-            try:
-                context.run(target)
-            except BaseException as exc:  # handed to join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, name="fedsilo-round-close", daemon=True)
-        self.thread.start()
-
-    def join(self) -> BaseException | None:
-        self.thread.join()
-        return self.error
+    def close_soon(self) -> Future:
+        """`close()` in a thread of its own (with this context: the flow run, the Prefect settings):
+        the silos' runs wind down while the coordinator scores and records the round, not before."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-round-close")
+        future = pool.submit(contextvars.copy_context().run, self.close)
+        pool.shutdown(wait=False)  # no more calls; the thread ends with this one
+        return future
 
 
 def _trusted(run: _Round, config_q, state, plan, job_run_id: str):
@@ -199,7 +180,7 @@ def round_flow(federation: str, round_number: int, config_path: str, job_run_id:
         }
         record = record_round(config_q, state, job_run_id, quote(plan), quote(aggregated), quote(assessment), timings)
     finally:
-        failed = closing.join()  # the round is over once its silos' runs are
+        failed = closing.exception()  # waits: the round is over once its silos' runs are
         if failed is not None:  # the round stands; the next round's settle() ends what is left
             get_run_logger().warning("round %d: ending the silos' runs failed: %s", round_number, describe_error(failed))
     reporter().round_done(record)
