@@ -10,8 +10,9 @@ tracking, validation, the protocol and the exchange cost. All paths run secure a
 The federated path runs against `fedsilo stack up` (PostgreSQL, a Prefect server on it, moto's S3
 server and an MLflow server, all on 127.0.0.1), after `fedsilo deploy`, with `fedsilo run` in its
 own process, in two ways a silo can run its part:
-- pools: one Prefect process worker per silo pool; each silo's run of each round is a new Python
-  process (interpreter, imports — Prefect and torch —, loading the flow);
+- pools: one Prefect process worker per silo pool; each silo's run of each round is a new process
+  the worker starts (`python -m flows.engine`), forked from the stack's warm-start process, which
+  has imported Prefect, torch and the silo flow once (`flows.warm`);
 - served: the silos' workers stopped, each silo running `fedsilo silo serve` (the hardened runner:
   one long-lived process per silo that runs its flow runs in itself).
 Served rounds run first, then the workers are started again (`stack up`) for the pools' rounds.

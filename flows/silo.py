@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from fl_core.errors import ConfigError, ExchangeError, SecAggError, WrongSender
 from fl_core.messages import phases_for
 from infra.config import FederationConfig, load_config
+from infra.doorbell import MANIFEST, ORDER, Doorbell
 from infra.mailbox import Backoff, SiloMailbox
 from infra.state import resolve_state_dir
 from tasks.silo_round import SiloRound
@@ -75,8 +76,16 @@ def silo_flow(federation: str, silo_id: str, round_number: int, attempt: str, co
     state = resolve_state_dir()
     party = SiloRound(config, state, silo_id, round_number, attempt)
     dispatch = config.dispatch
+    bell = Doorbell(federation, round_number, attempt, listen_to=ORDER, rings=MANIFEST).start()
     mailbox = SiloMailbox(party.exchange, round_number, attempt, silo_id, backoff=Backoff(cap_s=dispatch.poll_s),
-                          timeout_s=dispatch.phase_timeout_s + 60.0, stopped=_CancelWatch())
+                          timeout_s=dispatch.phase_timeout_s + 60.0, stopped=_CancelWatch(), bell=bell)
+    try:
+        return _take_part(party, mailbox, config, round_number)
+    finally:
+        bell.close()
+
+
+def _take_part(party: SiloRound, mailbox: SiloMailbox, config: FederationConfig, round_number: int) -> dict:
     logger = get_run_logger()
     answered, skipped = [], []
     for phase in phases_for(config.aggregation.mode):
@@ -97,4 +106,5 @@ def silo_flow(federation: str, silo_id: str, round_number: int, attempt: str, co
             logger.warning("round %d: could not leave the %s manifest: %s", round_number, phase, exc)
             break
         answered.append(phase)
-    return {"federation": federation, "round": round_number, "silo": silo_id, "answered": answered, "skipped": skipped}
+    return {"federation": config.federation, "round": round_number, "silo": mailbox.silo, "answered": answered,
+            "skipped": skipped}

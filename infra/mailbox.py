@@ -6,7 +6,9 @@ the coordinator drives its phases by writing each phase's signed order to
 silo answers each with its signed manifest at ``rounds/<r>/manifests/<attempt>/<phase>/<silo>.json``
 (``attempt``: a fresh id for each attempt at the round, so that a run left by an interrupted attempt
 never sees, nor answers, the orders of the attempt that redoes the round). Both sides poll with
-back-off (`Backoff`: 50 ms growing to a cap), one listing per poll. Objects are written once: an
+back-off (`Backoff`: 50 ms growing to a cap), one listing per poll, and between polls wait on a
+doorbell (`infra.doorbell`: a Prefect event the other side rings when it posts) rather than sleep,
+so that a posted object is usually seen within milliseconds, not at the next poll. Objects are written once: an
 order already present when the coordinator writes its own means someone else wrote into the round,
 which stops it (`IntegrityError`); a planted or replayed order is refused by the silo's signature
 check and answered ``sat_out``.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from fl_core.errors import ExchangeError, IntegrityError
 from fl_core.messages import END, ObjectRef
+from infra.doorbell import Silence
 from infra.exchange import Exchange
 
 
@@ -47,10 +50,12 @@ class SiloMailbox:
     def __init__(self, exchange: Exchange, round_number: int, attempt: str, silo: str, *, backoff: Backoff,
                  timeout_s: float,
                  stopped: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, bell=None):
+        """`bell`: waited on between polls and rung on posting (`infra.doorbell.Doorbell`); none: sleep."""
         self.exchange, self.round_number, self.attempt, self.silo = exchange, round_number, attempt, silo
         self.backoff, self.timeout_s, self.stopped = backoff, timeout_s, stopped
-        self.clock, self.sleep = clock, sleep
+        self.clock = clock
+        self.bell = bell if bell is not None else Silence(sleep)
 
     def wait(self, phase: str) -> dict | None:
         """The signed order for `phase` once the coordinator has written it; None when the round has
@@ -64,7 +69,7 @@ class SiloMailbox:
                 return self._read(phase)
             if END in present or self.stopped() or self.clock() > deadline:
                 return None
-            self.sleep(delay)
+            self.bell.wait(delay)
         return None  # unreachable: the delays never end
 
     def _read(self, phase: str) -> dict:
@@ -75,14 +80,17 @@ class SiloMailbox:
 
     def post(self, phase: str, signed_manifest: dict) -> ObjectRef:
         key = self.exchange.manifest_key(self.round_number, self.attempt, phase, self.silo)
-        return self.exchange.put_json(key, signed_manifest)
+        ref = self.exchange.put_json(key, signed_manifest)
+        self.bell.ring(phase)
+        return ref
 
 
 class CoordinatorMailbox:
     """The coordinator's side: publish a phase's order, see which manifests have arrived, read one."""
 
-    def __init__(self, exchange: Exchange, round_number: int, attempt: str):
+    def __init__(self, exchange: Exchange, round_number: int, attempt: str, bell=None):
         self.exchange, self.round_number, self.attempt = exchange, round_number, attempt
+        self.bell = bell if bell is not None else Silence()
 
     def publish(self, phase: str, signed_order: dict) -> None:
         key = self.exchange.order_key(self.round_number, self.attempt, phase)
@@ -93,6 +101,7 @@ class CoordinatorMailbox:
             self.exchange.put_json(key, signed_order)
         except ExchangeError as exc:
             raise IntegrityError(f"round {self.round_number}: cannot publish the {phase} order: {exc}") from None
+        self.bell.ring(phase)
 
     def arrived(self, phase: str) -> set[str]:
         """The silos whose manifest for `phase` is in the exchange."""

@@ -11,7 +11,9 @@ worker uses the state folder the stack was started from, like `fedsilo run` ther
 Each process starts in its own session and is stopped by its recorded process group only — and only
 if the pid still runs the command recorded for it (a pid reused by another program is left alone).
 
-The pools are created with the locked base job template of `infra.workpools.locked_template`.
+The pools are created with the locked base job template of `infra.workpools.locked_template`, whose
+command has each run's process forked from the stack's warm-start process (`flows.warm`, one per
+machine: it imports what a silo run needs once; the workers find it through ``FEDSILO_WARM_SOCKET``).
 
 The Prefect server requires basic auth (``PREFECT_SERVER_API_AUTH_STRING``): a random string made at
 the first `up`, kept in ``stack.json`` (0600), handed to the workers and printed among the ``export``
@@ -25,6 +27,7 @@ database when it starts) and stops last, with ``pg_ctl stop -m fast``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -33,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -92,6 +96,7 @@ class Service:
     argv: list[str]
     env: dict[str, str]
     health: str | None  # URL answering 200 once the service is ready; None: a worker (pid only)
+    socket: Path | None = None  # or a Unix socket accepting connections once it is ready
     run_as: postgres.Account | None = None  # started as this user (PostgreSQL's, when the stack runs as root)
 
 
@@ -195,15 +200,32 @@ class Stack:
                     {**base, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{urls['mlflow']}/health"),
         ]
 
+    def warm_socket(self) -> Path:
+        """The warm-start process's socket: in a folder of this user's under the system's temporary
+        folder (a Unix socket's path must stay under ~100 bytes), one per stack."""
+        tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"fedsilo-{os.getuid()}" / f"warm-{tag}.sock"
+
+    def _worker_env(self, layout: dict) -> dict[str, str]:
+        """What every worker runs with — and the warm-start process, whose Prefect settings must be the
+        workers' for it to serve their runs."""
+        base = self._base_env()
+        # the pools' fixed command runs the `python` first on PATH: this environment's
+        path = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", os.defpath)])
+        return {**base, **QUIET, **self.client_environment(layout), "PATH": path,
+                "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds(len(self.config.silos) + 1)),
+                "PREFECT_HOME": str(self.root / "prefect-client")}
+
+    def warm_start(self, layout: dict) -> Service:
+        """The process the workers' runs are forked from (`flows.warm`): ready once its socket answers."""
+        socket_path = self.warm_socket()
+        return Service("warm-start", [sys.executable, "-m", "flows.warm", "--socket", str(socket_path)],
+                       self._worker_env(layout), None, socket=socket_path)
+
     def workers(self, layout: dict) -> list[Service]:
         """One Prefect process worker per pool: the coordinator's and each silo's."""
-        base = self._base_env()
         bin_dir = Path(sys.executable).parent
-        # the pools' fixed command runs the `python` first on PATH: this environment's
-        path = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
-        worker_env = {**base, **QUIET, **self.client_environment(layout), "PATH": path,
-                      "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds(len(self.config.silos) + 1)),
-                      "PREFECT_HOME": str(self.root / "prefect-client")}
+        worker_env = {**self._worker_env(layout), "FEDSILO_WARM_SOCKET": str(self.warm_socket())}
         return [Service(
             f"worker-{pool}",
             [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name",
@@ -271,6 +293,12 @@ class Stack:
             if not self._running(service.name):
                 log = self.logs / f"{service.name}.log"
                 raise StackError(f"{service.name} exited while starting; see {log}{_tail(log)}")
+            if service.socket is not None:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    if probe.connect_ex(str(service.socket)) == 0:
+                        return
+                time.sleep(0.2)
+                continue
             if service.health is None:
                 return
             try:
@@ -326,7 +354,8 @@ class Stack:
         try:
             self._database_up(layout, binaries, cluster, started)
             on_step(f"postgres ready: {self.addresses(layout)['postgres']} ({cluster.root})")
-            servers, workers = self.servers(layout, cluster), self.workers(layout)
+            servers, workers = [*self.servers(layout, cluster), self.warm_start(layout)], self.workers(layout)
+            self.warm_socket().parent.mkdir(mode=0o700, exist_ok=True)
             for service in servers:  # start the servers together, then wait for each
                 if not self._running(service.name):
                     self._check_port(service.name, layout)
@@ -376,6 +405,8 @@ class Stack:
         postgres.ensure_database(cluster, layout["ports"]["postgres"])
 
     def _check_port(self, name: str, layout: dict) -> None:
+        if name not in layout["ports"]:
+            return  # no port: the warm-start process listens on a Unix socket of its own
         port = layout["ports"][name]
         if not port_free(port):
             raise StackError(f"{name}: port {port} on {HOST} is taken by a process this stack did not start; "
@@ -417,7 +448,7 @@ class Stack:
             return []
         layout = self.layout()
         urls = self.addresses(layout)
-        names = ["postgres", "prefect", "s3", "mlflow", *(f"worker-{pool}" for pool, _ in self._pool_homes())]
+        names = ["postgres", "prefect", "s3", "mlflow", "warm-start", *(f"worker-{pool}" for pool, _ in self._pool_homes())]
         rows = []
         for name in names:
             record = self._recorded(name)

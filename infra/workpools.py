@@ -36,6 +36,7 @@ from pathlib import Path
 from fl_core.errors import FedsiloError
 from infra.config import FederationConfig
 from infra.dispatch import Delivery, PhaseCall, describe_error
+from infra.doorbell import MANIFEST, ORDER, Doorbell
 from infra.exchange import Exchange
 from infra.mailbox import Backoff, CoordinatorMailbox
 
@@ -43,15 +44,16 @@ REPO = Path(__file__).resolve().parent.parent
 COORDINATOR_POOL = "fedsilo-coordinator"
 
 
-ENGINE_COMMAND = "python -m prefect.engine"
+ENGINE_COMMAND = "python -m flows.engine"
 
 
 def locked_template() -> dict:
     """The process worker's base job template with nothing a run could use to execute something else:
     only ``name``, ``labels`` and ``stream_output`` remain variables, and no others are accepted.
 
-    The command is fixed to Prefect's engine, run by the ``python`` first on the worker's PATH (the
-    environment fedsilo is installed in). Without a command, a process worker starts a supervisor
+    The command is fixed to fedsilo's engine starter (`flows.engine`: Prefect's engine, forked from
+    the warm-start process when the worker names one, else started cold), run by the ``python`` first
+    on the worker's PATH (the environment fedsilo is installed in). Without a command, a process worker starts a supervisor
     process that prepares a workspace and then starts the engine in a second Python process: two
     interpreters and two imports of Prefect per silo phase instead of one (measured here: ~6 s
     against ~3 s from claim to running)."""
@@ -178,7 +180,8 @@ class WorkPoolDispatcher:
         """Create every silo's flow run of the round at once (at most `create_concurrency` requests in
         flight), each linked to the calling round's flow run as its child in the run graph."""
         self.round_number, self.runs, self.unavailable = round_number, {}, {}
-        self.mailbox = CoordinatorMailbox(self.exchange, round_number, attempt)
+        bell = Doorbell(self.config.federation, round_number, attempt, listen_to=MANIFEST, rings=ORDER).start()
+        self.mailbox = CoordinatorMailbox(self.exchange, round_number, attempt, bell=bell)
         created = asyncio.run(self._create_all(round_number, attempt, list(silos)))
         for silo, (run_id, error) in created.items():
             if run_id is not None:
@@ -274,7 +277,7 @@ class WorkPoolDispatcher:
                                 self.unavailable[silo] = why
                                 deliver(Delivery(silo_id=silo, signed=None, error=why,
                                                  wall_s=time.perf_counter() - began))
-                time.sleep(delay)
+                mailbox.bell.wait(delay)  # a silo's manifest rings it
         return [deliveries[silo] for silo in call.order.silos]
 
     def _ended(self, client, silos: list[str]) -> dict[str, str]:
@@ -300,6 +303,7 @@ class WorkPoolDispatcher:
                 self.mailbox.publish(end.phase, end.signed)
             except FedsiloError:
                 pass  # already ended: the runs stop on the end order that is there
+        self.mailbox.bell.close()
         asyncio.run(self._wind_down(grace_s))
         self.mailbox, self.runs = None, {}
 

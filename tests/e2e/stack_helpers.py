@@ -37,8 +37,16 @@ def alive(pid: int) -> bool:
 
 
 def flow_run_pid(run_id: str) -> int | None:
-    """The process running flow run `run_id` on this machine (a process worker hands each run's process
-    its id in ``PREFECT__FLOW_RUN_ID``), if any."""
+    """The process running flow run `run_id` on this machine: the child of a warm-start process that
+    runs it (named in that process's ``<socket>.runs/`` folder), else the process a worker started for
+    it (a process worker hands it the run's id in ``PREFECT__FLOW_RUN_ID``), if any."""
+    for entry in Path(tempfile.gettempdir()).glob(f"fedsilo-*/warm-*.sock.runs/{run_id}"):
+        try:
+            pid = int(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        if alive(pid):
+            return pid
     needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -49,6 +57,10 @@ def flow_run_pid(run_id: str) -> int | None:
         except OSError:
             continue
     return None
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def reachable_folder(prefix: str) -> Path:

@@ -28,7 +28,7 @@ import time
 
 import pytest
 import yaml
-from stack_helpers import FEDSILO, alive, cli, flow_run_pid, reachable_folder, recorded
+from stack_helpers import FEDSILO, alive, cli, flow_run_pid, parent_pid, reachable_folder, recorded
 
 from infra.synthetic import write_synthetic_federation
 
@@ -168,6 +168,8 @@ def _crash(federated, client, r: int, silo: str, phase: str, deadline: float) ->
         running = [x for x in runs_named(client, name) if x.state is not None and x.state.is_running()]
         pid = flow_run_pid(str(running[0].id)) if running else None
         time.sleep(0.05)
+    # the run's process was forked from the stack's warm-start process, not started cold by its worker
+    assert parent_pid(pid) == recorded(federated["home"])["warm-start"]["pid"], name
     before = PHASES[PHASES.index(phase) - 1] if phase != "train" else None
     while before is not None and (before, silo) not in answered(federated, r):
         assert time.monotonic() < deadline, f"{name} never answered {before}"

@@ -24,7 +24,7 @@ from stack_helpers import alive, cli, processes_naming, reachable_folder, record
 from infra.synthetic import write_synthetic_federation
 
 pytestmark = pytest.mark.e2e
-SERVERS = ["mlflow", "postgres", "prefect", "s3"]
+SERVERS = ["mlflow", "postgres", "prefect", "s3", "warm-start"]
 WORKERS = ["worker-fedsilo-coordinator", "worker-silo-s0", "worker-silo-s1", "worker-silo-s2"]
 
 
@@ -79,7 +79,7 @@ def test_up_starts_every_process_on_loopback_and_prints_where_to_look(stack):
     with urllib.request.urlopen(url(stack, "mlflow") + "/health", timeout=5) as response:
         assert response.status == 200
     status = cli(stack["home"], "stack", "status", str(stack["config"]))
-    assert status.stdout.count("running") == 8
+    assert status.stdout.count("running") == 9
 
 
 def test_up_again_changes_nothing(stack):
@@ -199,7 +199,7 @@ def test_down_stops_the_recorded_processes_and_nothing_else(stack):
         ours = processes_naming(home)
         assert {r["pid"] for n, r in pids.items() if n != "stale"} <= set(ours)
         down = cli(home, "stack", "down", str(stack["config"]))
-        assert "stopped 8" in down.stdout
+        assert "stopped 9" in down.stdout
         assert down.stdout.index("prefect") < down.stdout.index("postgres")  # the database last
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(alive(r["pid"]) for n, r in pids.items() if n != "stale"):
