@@ -82,9 +82,13 @@ def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return torch.sigmoid(logits).double().numpy()
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Metrics:
-    p = predict_proba(model, x)
+def scores(y: np.ndarray, p: np.ndarray) -> Metrics:
+    """Every metric of predicted probabilities `p` against labels `y`."""
     return Metrics(n=int(len(y)), accuracy=accuracy(y, p), roc_auc=roc_auc(y, p), log_loss=log_loss(y, p))
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Metrics:
+    return scores(y, predict_proba(model, x))
 
 
 def pooled(metrics: dict[str, Metrics]) -> dict[str, float]:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fl_core.bootstrap import Interval
 from fl_core.errors import BadSignature, MalformedMessage, StaleMessage, WrongSender
 from fl_core.secagg import crypto
 
@@ -431,16 +432,21 @@ def open_manifest(signed: Any, silo_public: bytes, federation: str, round_number
 # -- a silo's evaluation report ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvaluationReport:
-    """The metrics a silo measured on its own holdout for each model it was asked to score."""
+    """The metrics a silo measured on its own holdout for each model it was asked to score, and the
+    bootstrap intervals of the gate's metric (`GateIntervals`): aggregates only, never rows."""
 
     federation: str
     round: int
     silo: str
     metrics: Mapping[str, Mapping[str, float]]  # model name (candidate, champion) -> metric -> value
+    intervals: GateIntervals | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": VERSION, "federation": self.federation, "round": self.round, "silo": self.silo,
-                "metrics": {name: dict(m) for name, m in self.metrics.items()}}
+        out = {"v": VERSION, "federation": self.federation, "round": self.round, "silo": self.silo,
+               "metrics": {name: dict(m) for name, m in self.metrics.items()}}
+        if self.intervals is not None:
+            out["intervals"] = self.intervals.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, raw: Any) -> EvaluationReport:
@@ -450,8 +456,43 @@ class EvaluationReport:
         metrics = raw.get("metrics")
         if not isinstance(metrics, Mapping) or "candidate" not in metrics:
             raise MalformedMessage(f"{k}: field 'metrics' must hold the candidate's metrics")
+        intervals = raw.get("intervals")
         return cls(federation=_str(raw, k, "federation"), round=_int(raw, k, "round"), silo=_str(raw, k, "silo"),
-                   metrics={str(name): _floats(metrics, k, name) for name in metrics})
+                   metrics={str(name): _floats(metrics, k, name) for name in metrics},
+                   intervals=None if intervals is None else GateIntervals.from_dict(intervals))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateIntervals:
+    """A silo's bootstrap intervals of the gate's metric on its holdout (`fl_core.bootstrap`): the
+    candidate's value, and its paired gain over the champion (positive is better) when it scored both."""
+
+    metric: str
+    confidence: float
+    candidate: Interval
+    gain: Interval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "confidence": self.confidence, "candidate": self.candidate.to_dict(),
+                "gain": None if self.gain is None else self.gain.to_dict()}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> GateIntervals:
+        k = "gate intervals"
+        raw = _mapping(raw, k)
+
+        def interval(name: str) -> Interval | None:
+            value = raw.get(name)
+            if value is None and name == "gain":
+                return None
+            fields = _floats(raw, k, name)
+            try:
+                return Interval.from_dict(fields)
+            except KeyError as exc:
+                raise _bad(k, name, value, f"an interval with {exc}") from None
+
+        return cls(metric=_str(raw, k, "metric"), confidence=_float(raw, k, "confidence"),
+                   candidate=interval("candidate"), gain=interval("gain"))
 
 
 # -- the coordinator's reports ----------------------------------------------------------------------

@@ -14,7 +14,11 @@ no decision is re-derived where it is used. It holds:
   weights, a fixed denominator and Gaussian noise, through `fl_core.dp.fedavg`);
 - silo-level DP as `SiloLevel` (the noise multiplier, per-layer clipping, distributed Skellam
   shares after Agarwal, Kairouz & Liu, NeurIPS 2021), derived once;
-- the quantiser of the secure sum and the server step (FedAvg with a server learning rate).
+- the quantiser of the secure sum and the server step (`fl_core.server_opt`: FedAvg with a server
+  learning rate, FedAvgM, FedAdagrad, FedAdam, FedYogi, whose state the coordinator keeps);
+- with SCAFFOLD (`fl_core.objectives`), the layout of what each silo contributes: its model update
+  and its control-variate delta side by side, each clipped to the same bound, through the same
+  (secure) sum, weighted alike; the server step moves the server's control variate too.
 
 Nothing here knows about Prefect, MLflow or the exchange: the tasks load, call and save.
 """
@@ -29,7 +33,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from fl_core import robust
-from fl_core.aggregation import FedAvg, weighted_mean
+from fl_core.aggregation import weighted_mean
 from fl_core.anomaly import AnomalySpec, reported, score_updates, streaks
 from fl_core.dp.accounting import Event, GaussianEvent
 from fl_core.dp.distributed import SkellamShares, add_share
@@ -37,10 +41,12 @@ from fl_core.dp.fedavg import Aggregator, FixedDenominatorMean, GaussianNoised, 
 from fl_core.dp.policy import SiloPrivacy
 from fl_core.errors import AggregationError, ConfigError, HeadroomError, StateError, TooFewUpdates
 from fl_core.messages import AnomalyReport
-from fl_core.secagg.quantize import Quantizer
+from fl_core.objectives import scaffold_server_control
+from fl_core.secagg.quantize import Quantizer, clip_by_norm
 from fl_core.secagg.spec import SecureSpec
 from fl_core.secagg.weighting import contribution, mean_update
 from fl_core.seeding import derive_seed, numpy_rng
+from fl_core.server_opt import ServerOptimizer, ServerOptimizerSpec, ServerState
 
 Mode = Literal["secure", "bucketed", "trusted"]
 
@@ -215,10 +221,12 @@ class RoundPolicy:
     rule: str
     merge_rule: Aggregator = field(repr=False)
     anomaly: AnomalySpec | None
-    server: FedAvg
+    server: ServerOptimizer
     min_silos: int
     seed: int
     n_parameters: int
+    n_silos: int = 1  # the federation's N (SCAFFOLD's server control moves by |S| / N)
+    control: bool = False  # SCAFFOLD: each update carries the silo's control-variate delta
     secure: SecureSpec | None = None  # secure and bucketed modes
     quantizer: Quantizer | None = None
     min_bucket: int | None = None  # bucketed mode
@@ -231,9 +239,37 @@ class RoundPolicy:
         return self.mode != "trusted"
 
     @property
+    def stateful(self) -> bool:
+        """Whether the server carries state from round to round (an optimiser's moments, SCAFFOLD's c)."""
+        return self.server.spec.stateful or self.control
+
+    @property
+    def update_length(self) -> int:
+        """What one silo's update holds: the model delta, and with SCAFFOLD its control-variate delta."""
+        return self.n_parameters * (2 if self.control else 1)
+
+    @property
     def length(self) -> int:
         """The secure sum's vector: the weighted update and the weight."""
-        return self.n_parameters + 1
+        return self.update_length + 1
+
+    def parts(self, update: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(model delta, control-variate delta or None) of an update of `update_length` values."""
+        if len(update) != self.update_length:
+            raise AggregationError(f"an update of {len(update)} values, the round's is {self.update_length}")
+        if not self.control:
+            return update, None
+        return update[:self.n_parameters], update[self.n_parameters:]
+
+    def clip_parts(self, update: np.ndarray, clip_norm: float) -> tuple[np.ndarray, bool]:
+        """Each part of `update` clipped to `clip_norm` on its own (so every coordinate stays within the
+        quantiser's bound); and whether any was."""
+        model, control = self.parts(update)
+        model, clipped = clip_by_norm(model, clip_norm)
+        if control is None:
+            return model, clipped
+        control, control_clipped = clip_by_norm(control, clip_norm)
+        return np.concatenate([model, control]), clipped or control_clipped
 
     def buckets(self, round_number: int, silos: Sequence[str]) -> list[tuple[str, ...]]:
         """Bucketed mode: round `round_number`'s buckets of `silos`, a shuffle seeded by the federation's
@@ -275,7 +311,9 @@ class RoundPolicy:
         update was clipped. Under silo-level DP the clip is the DP bound and the weight is capped."""
         spec, level = self.secure, self.privacy
         if level is None:
-            values, clipped = contribution(delta, n_samples, weight_scale, spec.clip_norm)
+            delta, part_clipped = self.clip_parts(delta, spec.clip_norm)
+            values, clipped = contribution(delta, n_samples, weight_scale, math.inf)
+            clipped = clipped or part_clipped
         else:  # DP-FedAvg: clipped to the DP bound, weight capped at 1 (so one silo moves the sum by <= C)
             delta, dp_clipped = level.clip(delta)
             values, clipped = contribution(delta, level.weight(n_samples), 1.0, spec.clip_norm)
@@ -318,9 +356,21 @@ class RoundPolicy:
     def merge(self, inputs: Sequence[Contribution], streaks: Mapping[str, int], rng: np.random.Generator) -> Merged:
         return self.combiner(rng)(inputs, streaks)
 
-    def step(self, start: np.ndarray, merged: Merged) -> np.ndarray:
-        """The new global model: the server step from the merged update."""
-        return self.server.apply(start, merged.mean_delta)
+    def step(self, start: np.ndarray, merged: Merged, state: ServerState, round_number: int,
+             silos_in: Sequence[str]) -> tuple[np.ndarray, ServerState]:
+        """The new global model and server state: the server optimiser's step from the merged update
+        and, with SCAFFOLD, the server's control variate moved by the silos' (`silos_in`: those whose
+        contributions are in the merge, whose control variates the silos now count from this round)."""
+        model_delta, control_delta = self.parts(merged.mean_delta)
+        new_global, new_state = self.server.step(start, model_delta, state)
+        if control_delta is None:
+            return new_global, new_state
+        control = new_state.slots.get("control")
+        control = np.zeros(self.n_parameters, dtype=np.float32) if control is None else control
+        control = scaffold_server_control(control, control_delta, len(silos_in), self.n_silos)
+        accepted = {**new_state.accepted, **{silo: round_number for silo in silos_in}}
+        return new_global, ServerState(steps=new_state.steps, slots={**new_state.slots, "control": control},
+                                       accepted=accepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,9 +390,15 @@ class _SingleSum:
 def build_policy(*, mode: Mode, rule: str, robust_params: Mapping[str, float | int | None], server_lr: float,
                  min_silos: int, min_bucket: int, secure: SecureSpec, privacy: SiloPrivacy | None,
                  anomaly: AnomalySpec | None, seed: int, rounds: int, layers: Sequence[int],
-                 n_silos: int) -> RoundPolicy:
+                 n_silos: int, server_optimizer: ServerOptimizerSpec | None = None,
+                 control: bool = False) -> RoundPolicy:
     """The round's policy from the federation's settings (`layers`: the model's parameter sizes in
-    flattening order). Raises `ConfigError` for settings that cannot serve `n_silos` silos."""
+    flattening order; `control`: the silos train with SCAFFOLD). Raises `ConfigError` for settings
+    that cannot serve `n_silos` silos."""
+    if control and privacy is not None:
+        raise ConfigError("training.objective: scaffold with silo-level DP (aggregation.privacy) is refused: "
+                          "DP-FedAvg's clipping and noise, and its accounting, cover the model update, not the "
+                          "control variates that SCAFFOLD sends beside it")
     n_parameters = int(sum(layers))
     merge_rule = weighted_mean if rule == "fedavg" else robust.make_aggregator(rule, **dict(robust_params))
     level = None
@@ -361,8 +417,9 @@ def build_policy(*, mode: Mode, rule: str, robust_params: Mapping[str, float | i
             except HeadroomError as exc:
                 raise ConfigError(f"aggregation.privacy: {exc}") from None
     return RoundPolicy(
-        mode=mode, rule=rule, merge_rule=merge_rule, anomaly=anomaly, server=FedAvg(server_lr=server_lr),
-        min_silos=min_silos, seed=seed, n_parameters=n_parameters,
+        mode=mode, rule=rule, merge_rule=merge_rule, anomaly=anomaly,
+        server=ServerOptimizer(spec=server_optimizer or ServerOptimizerSpec(), lr=server_lr),
+        min_silos=min_silos, seed=seed, n_parameters=n_parameters, n_silos=n_silos, control=control,
         secure=secure if mode != "trusted" else None, quantizer=quantizer,
         min_bucket=min_bucket if mode == "bucketed" else None, robust_params=dict(robust_params), privacy=level,
     )

@@ -47,13 +47,18 @@ def parameter_sizes(spec: ModelSpec, n_inputs: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+OBJECTIVES: tuple[str, ...] = ("fedavg", "fedprox", "scaffold")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainSpec:
     """How each silo trains in a round.
 
     ``local_epochs`` passes over the training split, or exactly ``local_steps`` minibatches when
     that is set (it then overrides epochs, so that silos of very different sizes do the same
-    amount of work per round).
+    amount of work per round). ``objective``: what the local steps follow (`fl_core.objectives`):
+    the silo's loss (``fedavg``), plus FedProx's proximal term of weight ``prox_mu`` (``fedprox``),
+    or corrected by SCAFFOLD's control variates (``scaffold``, with SGD only).
     """
 
     __pydantic_config__ = {"extra": "forbid"}
@@ -66,6 +71,8 @@ class TrainSpec:
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 32
+    objective: Literal["fedavg", "fedprox", "scaffold"] = "fedavg"
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -84,6 +91,15 @@ class TrainSpec:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
+            raise ValueError(f"prox_mu must be a finite number >= 0, got {self.prox_mu!r}")
+        if self.prox_mu > 0 and self.objective != "fedprox":
+            raise ValueError(f"prox_mu is FedProx's proximal weight: set objective: fedprox (it is {self.objective})")
+        if self.objective == "scaffold" and self.optimizer != "sgd":
+            raise ValueError("objective scaffold needs optimizer sgd: its control variates assume a fixed step "
+                             f"size, which {self.optimizer} does not take")
 
 
 Clipping = Literal["auto", "hooks", "ghost"]

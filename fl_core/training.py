@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fl_core.errors import TrainingError
+from fl_core.objectives import Correction
 from fl_core.seeding import torch_rng
 from fl_core.specs import TrainSpec
 
@@ -61,11 +62,15 @@ def training_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.
             torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)))
 
 
-def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, seed: int) -> LocalTrainResult:
-    """Train `model` in place on (x, y) with labels in {0, 1}; returns what a report needs."""
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, seed: int,
+                correction: Correction | None = None) -> LocalTrainResult:
+    """Train `model` in place on (x, y) with labels in {0, 1}; returns what a report needs.
+    `correction` (FedProx's proximal term, SCAFFOLD's control variates: `fl_core.objectives`) is
+    added to every step's gradient."""
     features, labels = training_tensors(x, y)
     n = len(labels)
     optimizer = _optimizer(model, spec)
+    parameters = list(model.parameters())
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     total, steps = 0.0, 0
@@ -73,6 +78,8 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec,
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(features[index]).squeeze(-1), labels[index])
         loss.backward()
+        if correction is not None:
+            correction.apply(parameters)
         optimizer.step()
         total += float(loss.detach())
         steps += 1

@@ -161,6 +161,12 @@ def _where_to_look(federation, state, tracker, result) -> None:
                   "no round of this job passed the gate")
     else:
         out.print("[bold yellow]no champion[/]: no round passed the fairness gate; the newest version is 'candidate'")
+    from flows.console import gate_table
+
+    table, checks = gate_table(last)
+    out.print(table)
+    for line in checks:
+        out.print(f"  {line}", soft_wrap=True, highlight=False)
     uri = tracker.uri
     mlflow_cmd, prefect_cmd, python_cmd = _tool("mlflow"), _tool("prefect"), _tool("python")
     out.print(f"registered model: [bold]models:/{federation.federation}@champion[/] "

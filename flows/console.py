@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from infra.progress import Reporter
 
@@ -15,6 +16,44 @@ from infra.progress import Reporter
 def fmt(value: float | None, width: int = 0) -> str:
     text = "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
     return text.rjust(width) if width else text
+
+
+def _with_interval(value: float | None, interval: dict | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    number = f"{value:+.3f}" if signed else f"{value:.3f}"
+    if not interval or any(math.isnan(interval.get(k, math.nan)) for k in ("low", "high")):
+        return number
+    low, high = interval["low"], interval["high"]
+    return f"{number} [{low:+.3f}, {high:+.3f}]" if signed else f"{number} [{low:.3f}, {high:.3f}]"
+
+
+def gate_table(record: dict[str, Any]) -> tuple[Table, list[str]]:
+    """Round `record`'s gate as a reviewer reads it: each silo's value with its bootstrap interval,
+    the champion's value on the same rows and the candidate's paired gain with its interval (a
+    table), then each check with its numbers (lines)."""
+    gate = record["gate"]
+    metric = gate["metric"]
+    intervals = gate.get("intervals", {})
+    confidence = next(iter(intervals.values()))["confidence"] if intervals else None
+    verdict = "[green]passed[/]" if gate["passed"] else "[yellow]failed[/]"
+    table = Table(title=f"gate · round {record['round']} · v{record['version']} · {verdict}", title_justify="left",
+                  caption=f"\\[low, high]: {confidence:.0%} bootstrap intervals, computed on each silo" if confidence
+                  else None, caption_justify="left")
+    table.add_column("silo")
+    table.add_column(f"candidate {metric}", justify="right")
+    table.add_column(f"champion v{record['champion_version_before']}" if record.get("champion_version_before")
+                     else "champion", justify="right")
+    table.add_column("gain", justify="right")
+    champion = record.get("champion_metrics", {})
+    for silo, metrics in sorted(record.get("metrics", {}).items()):
+        i = intervals.get(silo, {})
+        gain = i.get("gain")
+        table.add_row(silo, _with_interval(metrics.get(metric), i.get("candidate")),
+                      fmt(champion[silo].get(metric)) if silo in champion else "—",
+                      _with_interval(gain["estimate"], gain, signed=True) if gain else "—")
+    lines = [f"{'[green]pass[/]' if c['passed'] else '[red]FAIL[/]'}  {c['name']}: {c['detail']}" for c in gate["checks"]]
+    return table, lines
 
 
 class ConsoleReporter(Reporter):

@@ -101,7 +101,10 @@ class _Round:
     def train(self) -> list[SiloOutcome]:
         """The training phase for the roster's silos; the configured silos off the roster sit it out."""
         plan = self.plan
-        trained = self.phase("train", list(plan.silos), {"global": plan.global_ref}, "train_phase_s")
+        refs = {"global": plan.global_ref}
+        if plan.server_ref is not None and self.config.policy().control:  # SCAFFOLD: the server's control variate
+            refs["server"] = plan.server_ref
+        trained = self.phase("train", list(plan.silos), refs, "train_phase_s")
         return trained + [SiloOutcome(silo_id=s, manifest=None, error=why) for s, why in plan.absent.items()]
 
     def close(self) -> None:

@@ -44,6 +44,7 @@ from fl_core.gate import GateSpec
 from fl_core.round_policy import RoundPolicy, build_policy
 from fl_core.schema import DataContract
 from fl_core.secagg.spec import SecureSpec
+from fl_core.server_opt import ServerOptimizerSpec
 from fl_core.specs import ModelSpec, TrainSpec, parameter_sizes
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -82,6 +83,9 @@ class AggregationConfig(_Section):
     rule: Literal["fedavg", *ROBUST_RULES] = "fedavg"
     robust: dict[str, StrictInt | StrictFloat | None] = Field(default_factory=dict, description="the robust rule's parameters")
     server_lr: float = 1.0
+    server_optimizer: ServerOptimizerSpec = Field(
+        default=ServerOptimizerSpec(), description="the server's step: fedavg (default), fedavgm, fedadagrad, fedadam or "
+        "fedyogi, with beta1, beta2 and tau (fl_core.server_opt); its learning rate is server_lr")
     min_silos: int = Field(default=2, ge=1)
     min_bucket: int = Field(default=3, ge=2, description="bucketed mode: the fewest silos summed together")
     secure: SecureSpec = SecureSpec()
@@ -233,6 +237,10 @@ class FederationConfig(_Section):
                     f"aggregation.privacy.clip_norm: {privacy.clip_norm} exceeds aggregation.secure.clip_norm "
                     f"{self.aggregation.secure.clip_norm}, the quantiser's range"
                 )
+            if self.training.objective == "scaffold":
+                raise ValueError("training.objective: scaffold with silo-level DP (aggregation.privacy) is refused: "
+                                 "DP-FedAvg's clipping, noise and accounting cover the model update, not the control "
+                                 "variates SCAFFOLD sends beside it")
         return self
 
     def _check_attack(self, attack: AttackSpec) -> None:
@@ -286,6 +294,7 @@ class FederationConfig(_Section):
                 mode=a.mode, rule=a.rule, robust_params=a.robust, server_lr=a.server_lr, min_silos=a.min_silos,
                 min_bucket=a.min_bucket, secure=a.secure, privacy=a.privacy, anomaly=a.anomaly, seed=self.seed,
                 rounds=self.training.rounds, layers=self.layer_sizes(), n_silos=len(self.silos),
+                server_optimizer=a.server_optimizer, control=self.training.objective == "scaffold",
             )
         return self._policy
 

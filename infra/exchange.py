@@ -70,6 +70,10 @@ class Exchange:
     def global_key(self, round_number: int) -> str:
         return f"{self.round_prefix(round_number)}/global.arrow"
 
+    def server_key(self, round_number: int) -> str:
+        """The server optimiser's state after round `round_number` (moments, SCAFFOLD's control variate)."""
+        return f"{self.round_prefix(round_number)}/server.arrow"
+
     def update_key(self, round_number: int, silo: str) -> str:
         return f"{self.round_prefix(round_number)}/train/{silo}.arrow"
 
@@ -116,6 +120,10 @@ class Exchange:
         return self.put_bytes(key, sink.getvalue().to_pybytes())
 
     def get_vector(self, ref: ObjectRef, expect: dict[str, str | int] | None = None) -> np.ndarray:
+        return self.get_vector_meta(ref, expect)[0]
+
+    def get_vector_meta(self, ref: ObjectRef, expect: dict[str, str | int] | None = None) -> tuple[np.ndarray, dict]:
+        """The vector at `ref` and the metadata it was bound with, after checking `expect` against it."""
         data = self.get_bytes(ref)
         try:
             table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
@@ -126,7 +134,7 @@ class Exchange:
         for name, value in (expect or {}).items():
             if meta.get(name) != str(value):
                 raise IntegrityError(f"{ref.key}: bound to {name}={meta.get(name)!r}, expected {value!r}") from None
-        return vector
+        return vector, meta
 
     def put_json(self, key: str, payload: dict) -> ObjectRef:
         return self.put_bytes(key, json.dumps(payload, sort_keys=True, allow_nan=True).encode())

@@ -12,10 +12,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fl_core.dp.distributed import noise_rng
-from fl_core.errors import ExchangeError, IntegrityError
+from fl_core.errors import ExchangeError, IntegrityError, StateError
 from fl_core.messages import AnomalyReport, FederationPrivacy, ObjectRef, PrivacyRelease, SecAggStats
 from fl_core.quorum import require_quorum
 from fl_core.round_policy import Contribution, Merged
+from fl_core.server_opt import ServerState
 from infra.config import FederationConfig
 from infra.exchange import exchange_for
 from infra.progress import reporter
@@ -29,12 +30,39 @@ from tasks.privacy import charge
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Aggregate:
     global_ref: ObjectRef
+    server_ref: ObjectRef | None = None  # the server optimiser's state after this round, if it keeps one
     training: Participation  # the silos in the merge, and every other with its reason
     aggregate_s: float
     secure: SecAggStats | None = None
     privacy: FederationPrivacy | None = None  # silo-level DP
     spent: Mapping[str, PrivacyRelease] = field(default_factory=dict)  # record-level DP of every silo that trained
     anomaly: AnomalyReport | None = None
+
+
+def load_server_state(config: FederationConfig, exchange, plan: RoundPlan) -> ServerState:
+    """The server's state after round r - 1 (empty before the first step, or for a stateless server)."""
+    if plan.server_ref is None:
+        return ServerState()
+    vector, meta = exchange.get_vector_meta(
+        plan.server_ref, expect={"federation": config.federation, "round": plan.round_number - 1, "phase": "server"})
+    try:
+        return ServerState.from_flat(vector, meta, config.policy().n_parameters)
+    except StateError as exc:
+        raise IntegrityError(f"{plan.server_ref.key}: {exc}") from None
+
+
+def server_step(config: FederationConfig, exchange, plan: RoundPlan, start, merged: Merged,
+                silos_in) -> tuple[ObjectRef, ObjectRef | None]:
+    """The server's step: publish round r's global model and, if the server keeps one, its new state."""
+    policy = config.policy()
+    r = plan.round_number
+    new_global, state = policy.step(start, merged, load_server_state(config, exchange, plan), r, list(silos_in))
+    server_ref = None
+    if policy.stateful:
+        vector, meta = state.flat()
+        server_ref = exchange.put_vector(exchange.server_key(r), vector, binding(config.federation, r, "server", **meta))
+    ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
+    return ref, server_ref
 
 
 def log_anomaly(round_number: int, merged: Merged, per_silo: bool) -> None:
@@ -90,8 +118,8 @@ def merge(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes: 
                 raise IntegrityError("the manifest names no update")
             delta = exchange.get_vector(result.update,
                                         expect={"federation": config.federation, "round": r, "phase": "train", "silo": silo})
-            if delta.shape != start.shape:
-                raise IntegrityError(f"update has {delta.shape[0]} values, the model {start.shape[0]}")
+            if delta.shape != (policy.update_length,):
+                raise IntegrityError(f"update has {delta.shape[0]} values, the round's updates {policy.update_length}")
         except ExchangeError as exc:
             rejected[silo] = f"update rejected: {exc}"
             continue
@@ -102,10 +130,9 @@ def merge(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes: 
     merged = policy.merge(inputs, plan.anomaly_streaks, noise_rng())
     log_anomaly(r, merged, per_silo=True)
     training = training.without(excluded_reasons(merged))
+    ref, server_ref = server_step(config, exchange, plan, start, merged, training.silos_in)
     privacy = None
     if merged.release is not None:
         privacy = charge(config, state, policy.privacy, r, merged.release, merged.clipped_fraction or 0.0)
-    new_global = policy.step(start, merged)
-    ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
-    return Aggregate(global_ref=ref, training=training, aggregate_s=time.perf_counter() - began, privacy=privacy,
+    return Aggregate(global_ref=ref, server_ref=server_ref, training=training, aggregate_s=time.perf_counter() - began, privacy=privacy,
                      spent=spent, anomaly=merged.anomaly)

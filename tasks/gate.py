@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 from fl_core.errors import ExchangeError, IntegrityError
 from fl_core.evaluation import Metrics, pooled
 from fl_core.gate import GateDecision, decide
-from fl_core.messages import EvaluateResult, EvaluationReport
+from fl_core.messages import EvaluateResult, EvaluationReport, GateIntervals
 from fl_core.quorum import require_quorum
 from infra.config import FederationConfig
 from infra.exchange import exchange_for
@@ -28,6 +28,7 @@ class Assessment:
     pooled: Mapping[str, float]
     gate: GateDecision
     compute_s: float
+    intervals: Mapping[str, GateIntervals] = field(default_factory=dict)  # each silo's, of the gate's metric
 
 
 def _metrics(raw: Mapping[str, float]) -> Metrics:
@@ -38,9 +39,13 @@ def _metrics(raw: Mapping[str, float]) -> Metrics:
         raise IntegrityError(f"the report lacks the metric {exc}") from None
 
 
-def gate_json(gate: GateDecision) -> dict:
-    return {"passed": gate.passed, "metric": gate.metric, "summary": gate.summary(), "undefined": list(gate.undefined),
-            "checks": [asdict(c) for c in gate.checks]}
+def gate_json(gate: GateDecision, intervals: Mapping[str, GateIntervals] | None = None) -> dict:
+    """The decision with every number it used: the checks (with their intervals) and each silo's intervals."""
+    out = {"passed": gate.passed, "metric": gate.metric, "summary": gate.summary(), "undefined": list(gate.undefined),
+           "checks": [asdict(c) for c in gate.checks]}
+    if intervals:
+        out["intervals"] = {silo: i.to_dict() for silo, i in sorted(intervals.items())}
+    return out
 
 
 @task(name="gate", task_run_name="gate", cache_policy=NONE, persist_result=False)
@@ -49,7 +54,7 @@ def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes:
     exchange = exchange_for(config, state)
     r = plan.round_number
     evaluation = sort_outcomes(outcomes)
-    candidate, champion, rejected, compute_s = {}, {}, {}, 0.0
+    candidate, champion, intervals, rejected, compute_s = {}, {}, {}, {}, 0.0
     for silo, manifest in evaluation.manifests.items():
         result = manifest.result
         try:
@@ -60,10 +65,14 @@ def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes:
                 raise IntegrityError("report bound to another federation, round or silo")
             scored = _metrics(report.metrics["candidate"])
             before = _metrics(report.metrics["champion"]) if "champion" in report.metrics else None
+            if report.intervals is not None and report.intervals.metric != config.gate.metric:
+                raise IntegrityError(f"intervals of {report.intervals.metric}, the gate's metric is {config.gate.metric}")
         except ExchangeError as exc:
             rejected[silo] = f"evaluation rejected: {exc}"
             continue
         candidate[silo] = scored
+        if report.intervals is not None:
+            intervals[silo] = report.intervals
         if before is not None:
             champion[silo] = before
         compute_s += result.compute_s
@@ -75,6 +84,8 @@ def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes:
         {s: m.get(metric) for s, m in candidate.items()},
         {s: m.get(metric) for s, m in champion.items()} if plan.champion_ref is not None else None,
         config.gate,
+        gains={s: i.gain for s, i in intervals.items() if i.gain is not None},
+        sizes={s: m.n for s, m in candidate.items()},
     )
     return Assessment(candidate=candidate, champion=champion, evaluation=evaluation, pooled=pooled(candidate),
-                      gate=gate, compute_s=compute_s)
+                      gate=gate, compute_s=compute_s, intervals=intervals)

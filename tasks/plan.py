@@ -36,6 +36,7 @@ class RoundPlan:
     absent: dict[str, str] = field(default_factory=dict)
     keys: dict[str, bytes] = field(default_factory=dict, repr=False)
     roster_version: int = 0
+    server_ref: ObjectRef | None = None  # the server optimiser's state after round r - 1, if it keeps one
 
 
 def read_record(config: FederationConfig, state: StateDir, exchange, round_number: int) -> dict:
@@ -86,4 +87,5 @@ def plan_round(config: FederationConfig, state: StateDir, round_number: int) -> 
         absent=absent,
         keys={s: roster.members[s].public for s in silos},
         roster_version=roster.version,
+        server_ref=ObjectRef.from_dict(previous["server"]) if previous.get("server") else None,
     )

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from fl_core.gate import GateDecision
+from fl_core.messages import GateIntervals
 from infra.config import FederationConfig
 from infra.exchange import exchange_for
 from infra.keystore import coordinator_identity
@@ -53,9 +54,25 @@ def round_metrics(aggregated: Aggregate, assessment: Assessment, timings: Mappin
     return metrics
 
 
+def intervals_tag(intervals: Mapping[str, GateIntervals], limit: int = 4000) -> str:
+    """Each silo's interval of the gate's metric and of its gain over the champion, on one line
+    (cut at `limit` characters; the round's gate.json artifact has them all)."""
+    first = next(iter(intervals.values()))
+    parts = []
+    for silo, i in sorted(intervals.items()):
+        c = i.candidate
+        text = f"{silo} {c.estimate:.3f} [{c.low:.3f}, {c.high:.3f}]"
+        if i.gain is not None:
+            g = i.gain
+            text += f" gain {g.estimate:+.3f} [{g.low:+.3f}, {g.high:+.3f}]"
+        parts.append(text)
+    line = f"{first.metric} at {first.confidence:.0%}: " + "; ".join(parts)
+    return line if len(line) <= limit else line[:limit - 30] + " … (all in gate.json)"
+
+
 def lineage_tags(
     config: FederationConfig, plan: RoundPlan, aggregated: Aggregate, gate: GateDecision, fingerprints: dict,
-    job_run_id: str,
+    job_run_id: str, intervals: Mapping[str, GateIntervals] | None = None,
 ) -> dict[str, str]:
     """The tags a model version carries so that an auditor can trace it: where it came from (parent
     version, exchange object and digest), what went in (silos, data fingerprints, config and code
@@ -94,6 +111,8 @@ def lineage_tags(
         lineage.update(aggregated.secure.tags(TAG))
     for check in gate.checks:
         lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
+    if intervals:
+        lineage[f"{TAG}gate.intervals"] = intervals_tag(intervals)
     for silo, fp in fingerprints.items():
         lineage[f"{TAG}data.{silo}"] = json.dumps(fp, sort_keys=True)
     return lineage
@@ -123,6 +142,7 @@ def record_round(
         "round": r,
         "kind": "round",
         "global": aggregated.global_ref.to_dict(),
+        "server": aggregated.server_ref.to_dict() if aggregated.server_ref is not None else None,
         "parent_round": r - 1,
         "parent_version": plan.parent_version,
         "roster_version": plan.roster_version,
@@ -142,12 +162,12 @@ def record_round(
         "champion_version_before": plan.champion_version,
         "pooled": assessment.pooled,
         "secure": aggregated.secure.to_dict() if aggregated.secure is not None else None,
-        "gate": gate_json(gate),
+        "gate": gate_json(gate, assessment.intervals),
         "data": fingerprints,
         "config_hash": config.config_hash(),
         "code_version": code_version(),
     }
-    lineage = lineage_tags(config, plan, aggregated, gate, fingerprints, job_run_id)
+    lineage = lineage_tags(config, plan, aggregated, gate, fingerprints, job_run_id, assessment.intervals)
 
     round_run = tracker.start_round(
         job_run_id, r, name=f"{config.federation}/r{r:03d}",

@@ -33,8 +33,7 @@ from infra.exchange import Exchange, exchange_for
 from infra.keystore import coordinator_identity
 from infra.secagg_channel import COORDINATOR, SecAggChannel, instance_name
 from infra.state import StateDir
-from tasks.aggregate import Aggregate, excluded_reasons, log_anomaly
-from tasks.common import binding
+from tasks.aggregate import Aggregate, excluded_reasons, log_anomaly, server_step
 from tasks.participation import Participation, privacy_spent, sort_outcomes
 from tasks.plan import RoundPlan
 from tasks.privacy import charge
@@ -313,16 +312,15 @@ def secure_unmask(config: FederationConfig, state: StateDir, sr: SecureRound, pl
     del inputs
     log_anomaly(r, merged, per_silo=False)
     start = exchange.get_vector(plan.global_ref, expect={"federation": config.federation, "round": r - 1, "phase": "global"})
-    new_global = policy.step(start, merged)
     excluded = set(merged.excluded)
     survivors = sorted(s for name, result in results.items() if name not in excluded for s in result.survivors)
     out = {s: why for s, why in sr.out.items() if s not in survivors}
     out.update(excluded_reasons(merged))
+    ref, server_ref = server_step(config, exchange, plan, start, merged, survivors)
     privacy = None
     if merged.release is not None:
         clipped = sum(1 for s in survivors if sr.clipped.get(s)) / len(survivors)
         privacy = charge(config, state, policy.privacy, r, merged.release, clipped)
-    ref = exchange.put_vector(exchange.global_key(r), new_global, binding(config.federation, r, "global"))
     training = sr.training
     kept = {s: training.manifests[s] for s in survivors}
     summed = sum(len(result.survivors) for result in results.values())
@@ -337,6 +335,6 @@ def secure_unmask(config: FederationConfig, state: StateDir, sr: SecureRound, pl
             for b in sr.buckets},
         lost=sr.lost if policy.mode == "bucketed" else None,
     )
-    return Aggregate(global_ref=ref, training=Participation(manifests=kept, out=out, validations=sr.validations),
+    return Aggregate(global_ref=ref, server_ref=server_ref, training=Participation(manifests=kept, out=out, validations=sr.validations),
                      aggregate_s=time.perf_counter() - began, secure=stats, privacy=privacy,
                      spent=privacy_spent(training), anomaly=merged.anomaly)

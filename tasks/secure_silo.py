@@ -50,7 +50,7 @@ class ProtocolSession:
             )
         if int(plan["length"]) != self.policy.length:
             raise WrongSender(f"the plan's vector length {plan['length']} does not fit this silo's model "
-                              f"({self.policy.n_parameters} + 1)")
+                              f"({self.policy.update_length} + 1)")
         # Silo-level DP as this silo's own config has it; a plan asking for less (or other) is refused.
         mine = self.policy.plan_privacy()
         if plan.get("privacy") != mine:
@@ -134,8 +134,8 @@ def mask_update(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     u2 = session.read_set("u2")["u2"]
     forwarded = session.channel.read_forwarded(silo_id, session.coordinator, session.ctx.federation)
     delta, n_samples = session.secrets.load_update()
-    if len(delta) != session.policy.n_parameters:
-        raise StateError(f"this silo's update has {len(delta)} values, the round's model {session.policy.n_parameters}")
+    if len(delta) != session.policy.update_length:
+        raise StateError(f"this silo's update has {len(delta)} values, the round's updates {session.policy.update_length}")
     rng = numpy_rng(derive_seed(session.config.seed, "quantize", session.round_number, silo_id))
     codes, clipped = session.policy.encode(delta, n_samples, float(u1["weight_scale"]), rng,
                                            session.secrets.load_noise())

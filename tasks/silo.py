@@ -13,20 +13,25 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fl_core.attacks import Adversary
+from fl_core.bootstrap import paired_intervals
 from fl_core.dp.distributed import noise_rng
 from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
-from fl_core.errors import BudgetExceeded, DataError, IntegrityError
-from fl_core.evaluation import evaluate
-from fl_core.messages import EvaluateResult, EvaluationReport, ObjectRef, PrivacyRelease, TrainResult
+from fl_core.errors import BudgetExceeded, DataError, IntegrityError, StateError
+from fl_core.evaluation import evaluate, predict_proba, scores
+from fl_core.messages import EvaluateResult, EvaluationReport, GateIntervals, ObjectRef, PrivacyRelease, TrainResult
 from fl_core.models import build_model
+from fl_core.objectives import correction, scaffold_silo_control
 from fl_core.params import flatten, load_flat_inplace
 from fl_core.seeding import derive_seed, numpy_rng
+from fl_core.server_opt import ServerState
 from fl_core.training import train_local
 from infra.config import FederationConfig
+from infra.controls import ControlStore
 from infra.exchange import exchange_for
 from infra.keystore import RoundSecrets
 from infra.privacy_store import LedgerStore
@@ -81,14 +86,49 @@ def _load_model(config: FederationConfig, exchange, ref: ObjectRef, n_inputs: in
     return model, vector
 
 
+class _Scaffold:
+    """This silo's side of SCAFFOLD in one round: the server's c and its own cᵢ, and after training
+    its new cᵢ⁺ (kept on the silo) and the delta it sends beside its model update."""
+
+    def __init__(self, config: FederationConfig, exchange, silo_id: str, round_number: int,
+                 server_ref: ObjectRef | None, state: StateDir, length: int):
+        self.store = ControlStore(state, silo_id, config.federation)
+        self.round_number, self.accepted = round_number, None
+        self.server = np.zeros(length, dtype=np.float32)
+        if server_ref is not None:
+            vector, meta = exchange.get_vector_meta(
+                server_ref, expect={"federation": config.federation, "round": round_number - 1, "phase": "server"})
+            try:
+                server = ServerState.from_flat(vector, meta, length)
+            except StateError as exc:
+                raise IntegrityError(f"{server_ref.key}: {exc}") from None
+            if "control" in server.slots:
+                self.server = server.slots["control"]
+            self.accepted = server.accepted.get(silo_id)
+        self.silo = self.store.load(self.accepted, length)
+
+    def finish(self, spec, start: np.ndarray, trained: np.ndarray, steps: int) -> np.ndarray:
+        new = scaffold_silo_control(spec, start, trained, steps, self.server, self.silo)
+        self.store.save(self.round_number, new, keep_from=self.accepted)
+        return new - self.silo
+
+
 def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref: ObjectRef, data: SiloData,
-           state: StateDir) -> tuple:
-    """Train from the round's global model; returns the delta and the result the manifest reports."""
+           state: StateDir, server_ref: ObjectRef | None = None) -> tuple:
+    """Train from the round's global model by the federation's local objective (FedAvg, FedProx,
+    SCAFFOLD); returns the update and the result the manifest reports."""
     exchange = exchange_for(config, state)
     model, start = _load_model(
         config, exchange, global_ref, data.x_train.shape[1],
         expect={"federation": config.federation, "round": round_number - 1, "phase": "global"},
     )
+    spec = config.training
+    scaffold = None
+    if spec.objective == "scaffold":
+        scaffold = _Scaffold(config, exchange, silo_id, round_number, server_ref, state, len(start))
+        corr = correction(model, spec, server_control=scaffold.server, silo_control=scaffold.silo)
+    else:
+        corr = correction(model, spec, start=start)
     began = time.perf_counter()
     seed = derive_seed(config.seed, "train", round_number, silo_id)
     policy = config.silo(silo_id).privacy
@@ -100,21 +140,24 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
         attack_rng = numpy_rng(derive_seed(config.seed, "attack", round_number, silo_id))
         x, y = Adversary(attack).poison_data(silo_id, x, y, attack_rng)
     if policy is None:
-        result = train_local(model, x, y, config.training, seed=seed)
+        result = train_local(model, x, y, spec, seed=seed, correction=corr)
     else:
-        result, privacy = _train_private(config, silo_id, round_number, policy, model, x, y, seed, state)
+        result, privacy = _train_private(config, silo_id, round_number, policy, model, x, y, seed, state, corr)
     local = evaluate(model, data.x_holdout, data.y_holdout)
     report = TrainResult(n_samples=result.n_samples, steps=result.steps, train_loss=result.mean_loss,
                          local_metrics={k: float(v) for k, v in local.to_dict().items()},
                          compute_s=time.perf_counter() - began, privacy=privacy)
-    delta = flatten(model) - start
+    trained = flatten(model)
+    delta = trained - start
     if attack is not None:
         delta = Adversary(attack).poison_updates({silo_id: delta}, {silo_id: float(result.n_samples)}, attack_rng)[silo_id]
+    if scaffold is not None:
+        delta = np.concatenate([delta, scaffold.finish(spec, start, trained, result.steps)])
     return delta, report
 
 
 def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, x, y, seed: int,
-                   state: StateDir):
+                   state: StateDir, corr=None):
     """DP-SGD under the silo's ledger: refuse (BudgetExceeded) before training if the round would
     pass the budget; charge the ledger only once training has succeeded."""
     store = LedgerStore(state, silo_id, config.federation)
@@ -122,7 +165,7 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
     n = len(y)
     dpsgd = policy.dpsgd(n, config.training)
     charged = ledger.charge(round_number, round_event(n, config.training, dpsgd.noise_multiplier))  # raises if over
-    result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator())
+    result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator(), correction=corr)
     store.save(charged)
     privacy = PrivacyRelease(
         epsilon=charged.charges[-1].epsilon_after,  # computed by the charge, not again
@@ -141,13 +184,13 @@ def _train_private(config: FederationConfig, silo_id: str, round_number: int, po
 @task(name="train", task_run_name="{silo_id}/train", cache_policy=NONE, persist_result=False)
 def train_silo(
     config: FederationConfig, silo_id: str, round_number: int, attempt: str, global_ref: ObjectRef, data: SiloData,
-    state: StateDir,
+    state: StateDir, server_ref: ObjectRef | None = None,
 ) -> TrainResult | Refused:
     """Train from the round's global model. Trusted aggregation: publish the delta itself to the
     exchange; secure aggregation: keep it on the silo's disk until it is masked. A round the silo's
     privacy budget cannot pay for comes back `Refused`, with nothing trained."""
     try:
-        delta, report = _train(config, silo_id, round_number, global_ref, data, state)
+        delta, report = _train(config, silo_id, round_number, global_ref, data, state, server_ref)
     except BudgetExceeded as exc:
         get_run_logger().warning("refusing round %d: %s", round_number, exc)
         return Refused(f"privacy budget: {exc}")
@@ -176,11 +219,19 @@ def evaluate_models(
     exchange = exchange_for(config, state)
     n_inputs = data.x_holdout.shape[1]
     began = time.perf_counter()
-    metrics = {}
+    metrics, predictions = {}, {}
     for name, ref in sorted(models.items()):
         model, _ = _load_model(config, exchange, ref, n_inputs, expect={"federation": config.federation, "phase": "global"})
-        metrics[name] = {k: float(v) for k, v in evaluate(model, data.x_holdout, data.y_holdout).to_dict().items()}
+        predictions[name] = predict_proba(model, data.x_holdout)
+        metrics[name] = {k: float(v) for k, v in scores(data.y_holdout, predictions[name]).to_dict().items()}
+    # The gate's intervals: both models on the same resamples of this silo's holdout rows (paired).
+    gate = config.gate
+    score, gain = paired_intervals(gate.metric, data.y_holdout, predictions["candidate"], predictions.get("champion"),
+                                   numpy_rng(derive_seed(config.seed, "bootstrap", round_number, silo_id)),
+                                   replicates=gate.bootstrap, confidence=gate.confidence)
     compute_s = time.perf_counter() - began
-    report = EvaluationReport(federation=config.federation, round=round_number, silo=silo_id, metrics=metrics)
+    report = EvaluationReport(federation=config.federation, round=round_number, silo=silo_id, metrics=metrics,
+                              intervals=GateIntervals(metric=gate.metric, confidence=gate.confidence, candidate=score,
+                                                      gain=gain))
     ref = exchange.put_json(exchange.evaluation_key(round_number, silo_id), report.to_dict())
     return EvaluateResult(report=ref, compute_s=compute_s)

@@ -123,7 +123,7 @@ class SiloRound:
         if global_ref is None:
             raise SecAggError("the coordinator's train order names no global model")
         result = train_silo(quote(self.config), self.silo, self.round_number, self.attempt, global_ref, quote(data),
-                            self.state)
+                            self.state, order.refs.get("server"))
         if isinstance(result, Refused):  # the silo's privacy budget: nothing was trained or charged
             return self._manifest("train", status="sat_out", reason=result.reason)
         if self.config.policy().is_secure:

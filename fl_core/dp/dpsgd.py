@@ -34,6 +34,7 @@ from torch import nn
 
 from fl_core.dp.accounting import GaussianEvent
 from fl_core.errors import PrivacyError, TrainingError
+from fl_core.objectives import Correction
 from fl_core.seeding import torch_rng
 from fl_core.specs import (  # noqa: F401 (re-exported: the specs live without torch)
     CLIPPING_MODES,
@@ -187,9 +188,12 @@ def _strip_opacus_state(model: nn.Module) -> None:
 
 def train_local_dp(
     model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, dp: DPSGDSpec, seed: int,
-    noise: torch.Generator,
+    noise: torch.Generator, correction: Correction | None = None,
 ) -> DPTrainResult:
     """Train `model` in place with DP-SGD; the model keeps no Opacus hooks or per-sample state.
+    `correction` (`fl_core.objectives`: FedProx, SCAFFOLD) is added to each step's gradient after
+    it was clipped, noised and scaled (Opacus's step hook): it does not touch the data, so the
+    guarantee is that of DP-SGD alone.
 
     Both clipping modes run the same Poisson batches (from `torch_rng(seed)`), clip the same way,
     draw the same noise from `noise` in the same order (one normal tensor per parameter, in
@@ -203,6 +207,9 @@ def train_local_dp(
     wrapped, optimizer, step = _MODES[mode](model, spec, dp, clip, noise)
     # Opacus divides by an integer expected batch size; keep the exact q·n instead.
     optimizer.expected_batch_size = expected
+    if correction is not None:
+        parameters = list(model.parameters())
+        optimizer.step_hook = lambda _optimizer: correction.apply(parameters)
     wrapped.train()
     total, seen, clipped = 0.0, 0, 0
     try:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 SILOS = ["cleveland", "hungary", "switzerland", "va_long_beach"]
 HEADER = "round  cleveland  hungary  switzerland  va_long_beach  global  gate"
+ROUNDS = range(1, 21)  # the example's training.rounds
 
 
 class Workspace:
@@ -66,11 +68,11 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """demo-data + a 3-round run of the example federation, as a new user would do it."""
+    """demo-data + the example federation's run (its 20 rounds), as a new user does it (`make demo`)."""
     work = Workspace(tmp_path_factory.mktemp("demo"))
     made = work.fedsilo("demo-data", str(work.config))
     assert made.returncode == 0, made.stderr
-    run = work.fedsilo("run", str(work.config), "--rounds", "3", "--no-progress")
+    run = work.fedsilo("run", str(work.config), "--no-progress")
     assert run.returncode == 0, run.stdout + run.stderr
     work.run = run
     return work
@@ -80,7 +82,7 @@ def test_demo_run_prints_the_round_table_and_where_to_look(demo):
     out = demo.run.stdout
     assert HEADER in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) >= 7]
-    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert [row[0] for row in rows] == [str(r) for r in ROUNDS]
     for row in rows:
         accuracies = [float(x) for x in row[1:6]]
         assert all(0.3 <= a <= 1.0 for a in accuracies)
@@ -96,14 +98,14 @@ def test_demo_run_is_tracked_and_registered_with_lineage(demo):
     jobs = client.search_runs([experiment.experiment_id], "tags.`fedsilo.kind` = 'job'")
     assert len(jobs) == 1 and jobs[0].info.status == "FINISHED"
     job = jobs[0].info.run_id
-    assert sorted(m.step for m in client.get_metric_history(job, "global.accuracy")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(job, "global.accuracy")) == list(ROUNDS)
     for silo in SILOS:
-        assert len(client.get_metric_history(job, f"silo.{silo}.accuracy")) == 3
-    rounds = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{job}'")
-    assert len(rounds) == 3
+        assert len(client.get_metric_history(job, f"silo.{silo}.accuracy")) == len(ROUNDS)
+    rounds = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{job}'", max_results=100)
+    assert len(rounds) == len(ROUNDS)
 
     versions = sorted(client.search_model_versions("name = 'heart'"), key=lambda v: int(v.version))
-    assert [v.tags["fedsilo.round"] for v in versions] == ["1", "2", "3"]
+    assert [v.tags["fedsilo.round"] for v in versions] == [str(r) for r in ROUNDS]
     for previous, version in zip([None, *versions[:-1]], versions):
         tags = version.tags
         assert tags["fedsilo.parent_version"] == (str(previous.version) if previous else "none")
@@ -118,6 +120,53 @@ def test_demo_run_is_tracked_and_registered_with_lineage(demo):
     assert str(model.aliases["candidate"]) == str(versions[-1].version)
     champion = client.get_model_version_by_alias("heart", "champion")
     assert champion.tags["fedsilo.gate"] == "passed"
+
+
+def test_after_the_demo_no_earlier_version_beats_the_champion_beyond_the_gates_interval(demo):
+    """Every version, re-scored on every hospital's holdout against the champion with the gate's own
+    paired intervals: none would pass the gate against the champion while gaining beyond its
+    overall interval, and the champion is the best of the promoted versions on the pooled holdouts."""
+    from fl_core.bootstrap import paired_intervals
+    from fl_core.evaluation import predict_proba, scores
+    from fl_core.gate import decide
+    from fl_core.models import build_model
+    from fl_core.params import load_flat_inplace
+    from infra.config import load_config
+    from infra.exchange import Exchange, LocalObjectStore, ObjectRef
+    from infra.silo_data import encode_table
+
+    config = load_config(demo.config)
+    exchange = Exchange(LocalObjectStore(demo.state / "exchange"), "heart")
+    records = {r: exchange.read_json_key(exchange.record_key(r)) for r in ROUNDS}
+    holdouts = {s: encode_table(pq.read_table(config.silo_data_path(s)), config.contract) for s in SILOS}
+
+    def predictions(round_number: int) -> dict:
+        vector = exchange.get_vector(ObjectRef.from_dict(records[round_number]["global"]))
+        model = build_model(config.model, holdouts[SILOS[0]].x_holdout.shape[1], seed=0)
+        load_flat_inplace(model, vector)
+        return {s: predict_proba(model, d.x_holdout) for s, d in holdouts.items()}
+
+    champion_round = int(demo.client().get_model_version_by_alias("heart", "champion").tags["fedsilo.round"])
+    promoted = [r for r in ROUNDS if records[r]["promoted"]]
+    assert champion_round == promoted[-1]
+    assert len(promoted) < len(ROUNDS)  # the gate does refuse some rounds
+    best = predictions(champion_round)
+    pooled = {}
+    for r in ROUNDS:
+        mine = predictions(r)
+        pooled[r] = records[r]["pooled"]["accuracy"]
+        if r == champion_round:
+            continue
+        gains, values, before = {}, {}, {}
+        for s, d in holdouts.items():
+            _, gains[s] = paired_intervals("accuracy", d.y_holdout, mine[s], best[s], np.random.default_rng(r),
+                                           replicates=config.gate.bootstrap, confidence=config.gate.confidence)
+            values[s] = scores(d.y_holdout, mine[s]).accuracy
+            before[s] = scores(d.y_holdout, best[s]).accuracy
+        decision = decide(values, before, config.gate, gains=gains, sizes={s: len(d.y_holdout) for s, d in holdouts.items()})
+        overall = next(c for c in decision.checks if c.name == "overall")
+        assert not (decision.passed and overall.low > 0), (r, decision.summary(), overall)
+    assert all(pooled[r] <= pooled[champion_round] + 1e-12 for r in promoted)
 
 
 def test_the_champion_scores_raw_records(demo):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fl_core.bootstrap import Interval
 from fl_core.gate import GateSpec, decide
 
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -33,7 +34,7 @@ def test_gate_spec_rejects_non_finite_values_naming_the_field(field, value):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(max_gap=-0.1), r"max_gap and max_regression must be >= 0, got -0.1, 0.05"),
+        (dict(max_gap=-0.1), r"max_gap and max_regression must be >= 0, got -0.1, 0.0"),
         (dict(max_regression=-0.01), r"max_gap and max_regression must be >= 0, got 0.3, -0.01"),
     ],
 )
@@ -204,15 +205,18 @@ def _reference_passes(candidate, champion, spec):
     worst = min(values) if higher else max(values)
     floor = worst >= spec.min_worst if higher else worst <= spec.min_worst
     gap = max(values) - min(values) <= spec.max_gap
-    regression = True
+    regression = overall = True
     if champion is not None:
+        losses = []
         for silo, value in candidate.items():
             before = champion.get(silo, NAN)
             if math.isnan(value) or math.isnan(before):
                 continue
             loss = before - value if higher else value - before
             regression = regression and loss <= spec.max_regression
-    return floor and gap and regression
+            losses.append(loss)
+        overall = not losses or -sum(losses) / len(losses) >= -spec.max_overall_drop
+    return floor and gap and regression and overall
 
 
 metric_values = st.one_of(st.floats(0.0, 1.0), st.just(NAN))
@@ -229,6 +233,7 @@ silo_maps = st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e"]), metric_v
         min_worst=st.floats(0.0, 1.0),
         max_gap=st.floats(0.0, 1.0),
         max_regression=st.floats(0.0, 0.5),
+        max_overall_drop=st.floats(0.0, 0.2),
     ),
 )
 def test_decide_agrees_with_a_plain_statement_of_the_rules(candidate, champion, spec):
@@ -238,3 +243,62 @@ def test_decide_agrees_with_a_plain_statement_of_the_rules(candidate, champion, 
     assert set(d.undefined) == {s for s, v in candidate.items() if math.isnan(v)}
     assert list(d.undefined) == sorted(d.undefined)
     assert all(not math.isnan(c.value) for c in d.checks)
+
+
+# --- intervals: a regression inside noise does not block, one outside does ---------------------------
+
+
+def _gain(estimate, low, high, sd=0.02):
+    return Interval(estimate=estimate, low=low, high=high, sd=sd, replicates=1000)
+
+
+SPEC = GateSpec(min_worst=0.5, max_gap=0.5, max_regression=0.0)
+
+
+def test_a_silo_regression_inside_its_interval_does_not_block():
+    # b loses 0.05 but its paired interval of the gain reaches +0.01: inside noise
+    d = decide({"a": 0.85, "b": 0.75}, {"a": 0.78, "b": 0.80}, SPEC, gains={"a": _gain(0.07, 0.03, 0.11),
+                                                                            "b": _gain(-0.05, -0.11, 0.01)})
+    reg = _check(d, "regression")
+    assert reg.passed and reg.value == pytest.approx(0.05)
+    assert (reg.low, reg.high) == (pytest.approx(-0.01), pytest.approx(0.11))
+    assert reg.detail == "largest loss vs champion: b +0.050 [-0.010, +0.110], not beyond 0.000"
+    assert d.passed  # overall +0.01
+
+
+def test_a_silo_regression_beyond_its_interval_blocks():
+    d = decide({"a": 0.95, "b": 0.72}, {"a": 0.78, "b": 0.80}, SPEC, gains={"a": _gain(0.17, 0.1, 0.2),
+                                                                            "b": _gain(-0.08, -0.12, -0.03)})
+    reg = _check(d, "regression")
+    assert not reg.passed
+    assert reg.detail == "largest loss vs champion: b +0.080 [+0.030, +0.120], beyond 0.000"
+    assert _check(d, "overall").passed and not d.passed
+    tolerant = decide({"a": 0.95, "b": 0.72}, {"a": 0.78, "b": 0.80}, GateSpec(min_worst=0.5, max_gap=0.5,
+                                                                               max_regression=0.05),
+                      gains={"a": _gain(0.17, 0.1, 0.2), "b": _gain(-0.08, -0.12, -0.03)})
+    assert tolerant.passed  # the loss's interval starts at 0.03, inside a tolerance of 0.05
+
+
+def test_the_overall_gain_is_weighted_by_holdout_rows_and_carries_a_combined_interval():
+    gains = {"a": _gain(0.04, 0.0, 0.08, sd=0.02), "b": _gain(-0.02, -0.1, 0.06, sd=0.04)}
+    d = decide({"a": 0.84, "b": 0.78}, {"a": 0.80, "b": 0.80}, SPEC, gains=gains, sizes={"a": 100, "b": 300})
+    overall = _check(d, "overall")
+    assert overall.value == pytest.approx((100 * 0.04 - 300 * 0.02) / 400)
+    assert not overall.passed and not d.passed  # worse on the pooled holdouts: the champion stays
+    sd = math.sqrt((0.25 * 0.02) ** 2 + (0.75 * 0.04) ** 2)
+    assert overall.low == pytest.approx(overall.value - 1.959964 * sd, abs=1e-5)
+    assert overall.high == pytest.approx(overall.value + 1.959964 * sd, abs=1e-5)
+    assert overall.detail.startswith("overall gain vs champion -0.005 [")
+    drop_allowed = decide({"a": 0.84, "b": 0.78}, {"a": 0.80, "b": 0.80},
+                          GateSpec(min_worst=0.5, max_gap=0.5, max_overall_drop=0.01), gains=gains,
+                          sizes={"a": 100, "b": 300})
+    assert drop_allowed.passed
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("confidence", 1.0, "confidence must be in"), ("bootstrap", 10, "bootstrap must be between"),
+    ("max_overall_drop", -0.1, "max_overall_drop must be >= 0"),
+])
+def test_bad_interval_settings_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GateSpec(**{field: value})
