@@ -47,23 +47,21 @@ def fedavg_rounds(
     first_round: int = 1,
     on_round: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """Run `rounds` FedAvg rounds over every silo (in sorted id order) and return the global vector."""
+    """Run `rounds` FedAvg rounds over every silo (in sorted id order) and return the global vector
+    (plain FedAvg whatever `train_spec.objective` says: the reference the other objectives are
+    compared with)."""
+    from dataclasses import replace
+
+    from fl_core.server_opt import ServerOptimizerSpec
+
+    train_spec = replace(train_spec, objective="fedavg", prox_mu=0.0)
     server = server or FedAvg()
     n_inputs = next(iter(silos.values())).x_train.shape[1]
     vector = initial_vector(model_spec, n_inputs, root_seed) if start is None else np.asarray(start, dtype=np.float32)
-    model = build_model(model_spec, n_inputs, seed=0)
-    for r in range(first_round, first_round + rounds):
-        deltas, weights = [], []
-        for silo in sorted(silos):
-            data = silos[silo]
-            load_flat_inplace(model, vector)
-            result = train_local(model, data.x_train, data.y_train, train_spec, seed=derive_seed(root_seed, "train", r, silo))
-            deltas.append(flatten(model) - vector)
-            weights.append(result.n_samples)
-        vector = server.step(vector, deltas, weights)
-        if on_round is not None:
-            on_round(r, vector)
-    return vector
+    return federated_rounds(silos, model_spec, train_spec, root_seed, rounds,
+                            server=ServerOptimizer(spec=ServerOptimizerSpec(), lr=server.server_lr),
+                            start=Federated(vector=vector, server=ServerState(), controls={}),
+                            first_round=first_round, on_round=on_round).vector
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

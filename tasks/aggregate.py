@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fl_core.dp.distributed import noise_rng
-from fl_core.errors import ExchangeError, IntegrityError, StateError
+from fl_core.errors import ExchangeError, IntegrityError
 from fl_core.messages import AnomalyReport, FederationPrivacy, ObjectRef, PrivacyRelease, SecAggStats
 from fl_core.quorum import require_quorum
 from fl_core.round_policy import Contribution, Merged
@@ -21,7 +21,7 @@ from infra.config import FederationConfig
 from infra.exchange import exchange_for
 from infra.progress import reporter
 from infra.state import StateDir
-from tasks.common import binding
+from tasks.common import binding, read_server_state
 from tasks.participation import Participation, privacy_spent, sort_outcomes
 from tasks.plan import RoundPlan
 from tasks.privacy import charge
@@ -43,12 +43,8 @@ def load_server_state(config: FederationConfig, exchange, plan: RoundPlan) -> Se
     """The server's state after round r - 1 (empty before the first step, or for a stateless server)."""
     if plan.server_ref is None:
         return ServerState()
-    vector, meta = exchange.get_vector_meta(
-        plan.server_ref, expect={"federation": config.federation, "round": plan.round_number - 1, "phase": "server"})
-    try:
-        return ServerState.from_flat(vector, meta, config.policy().n_parameters)
-    except StateError as exc:
-        raise IntegrityError(f"{plan.server_ref.key}: {exc}") from None
+    return read_server_state(exchange, config.federation, plan.server_ref, plan.round_number - 1,
+                             config.policy().n_parameters)
 
 
 def server_step(config: FederationConfig, exchange, plan: RoundPlan, start, merged: Merged,

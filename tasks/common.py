@@ -29,3 +29,18 @@ def model_card(contract: DataContract, model_spec, federation: str, round_number
         "contract_hash": contract.contract_hash(),
         "model": asdict(model_spec),
     }
+
+
+def read_server_state(exchange, federation: str, ref, round_number: int, length: int):
+    """The server's state published after round `round_number` (`fl_core.server_opt.ServerState`),
+    checked against its binding and the model's `length`; `IntegrityError` if it does not fit."""
+    from fl_core.errors import IntegrityError, StateError
+    from fl_core.server_opt import ServerState
+
+    vector, meta = exchange.get_vector_meta(ref, expect={"federation": federation, "round": round_number,
+                                                         "phase": "server"})
+    try:
+        return ServerState.from_flat(vector, meta, length)
+    except StateError as exc:
+        raise IntegrityError(f"{ref.key}: {exc}") from None
+

@@ -21,14 +21,13 @@ from fl_core.attacks import Adversary
 from fl_core.bootstrap import paired_intervals
 from fl_core.dp.distributed import noise_rng
 from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
-from fl_core.errors import BudgetExceeded, DataError, IntegrityError, StateError
+from fl_core.errors import BudgetExceeded, DataError, IntegrityError
 from fl_core.evaluation import evaluate, predict_proba, scores
 from fl_core.messages import EvaluateResult, EvaluationReport, GateIntervals, ObjectRef, PrivacyRelease, TrainResult
 from fl_core.models import build_model
 from fl_core.objectives import correction, scaffold_silo_control
 from fl_core.params import flatten, load_flat_inplace
 from fl_core.seeding import derive_seed, numpy_rng
-from fl_core.server_opt import ServerState
 from fl_core.training import train_local
 from infra.config import FederationConfig
 from infra.controls import ControlStore
@@ -37,7 +36,7 @@ from infra.keystore import RoundSecrets
 from infra.privacy_store import LedgerStore
 from infra.silo_data import SiloData, ValidationCache, encode_table, file_digest, read_table
 from infra.state import StateDir
-from tasks.common import binding
+from tasks.common import binding, read_server_state
 from validation import ValidationSummary, validate_table
 
 # Great Expectations' contexts are not shared between threads safely; silos of an embedded round run
@@ -96,12 +95,7 @@ class _Scaffold:
         self.round_number, self.accepted = round_number, None
         self.server = np.zeros(length, dtype=np.float32)
         if server_ref is not None:
-            vector, meta = exchange.get_vector_meta(
-                server_ref, expect={"federation": config.federation, "round": round_number - 1, "phase": "server"})
-            try:
-                server = ServerState.from_flat(vector, meta, length)
-            except StateError as exc:
-                raise IntegrityError(f"{server_ref.key}: {exc}") from None
+            server = read_server_state(exchange, config.federation, server_ref, round_number - 1, length)
             if "control" in server.slots:
                 self.server = server.slots["control"]
             self.accepted = server.accepted.get(silo_id)
