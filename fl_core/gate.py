@@ -17,9 +17,19 @@ Checks on one metric measured on each silo's own holdout (federated evaluation):
   stratified bootstrap with a normal interval), is reported beside it.
 Silos where the metric is undefined (ROC AUC on a one-class holdout) are named and left out of the
 checks; if no silo has a defined value the gate fails. For ``log_loss`` (lower is better) the
-floor is a ceiling and losses are increases. Fairness across groups in this sense follows the
+floor is a ceiling and losses are increases. Fairness across silos in this sense follows the
 "worst-group" view of Sagawa et al., ICLR 2020, and the per-client view of Li et al., "Fair
 Resource Allocation in Federated Learning", ICLR 2020.
+
+With ``groups`` (`GroupSpec`), two more checks on one declared sensitive column of the contract
+(`fl_core.fairness`): each silo reports the candidate's per-group confusion counts on its holdout
+(small cells withheld), and the gate sums them over silos and checks the federation's
+demographic parity difference against ``max_dp_difference`` (check "parity") and its equalised
+odds difference against ``max_eo_difference`` (check "odds"). The federation's value is the one on
+the pooled reported rows, not an average of the silos'; each silo's own value is named in the
+detail. A difference the summed counts cannot measure (fewer than two groups with a defined rate)
+fails its check, as a gate without any defined metric does: it cannot vouch for what it cannot
+see.
 """
 
 from __future__ import annotations
@@ -32,6 +42,34 @@ from typing import Literal
 
 from fl_core.bootstrap import Interval
 from fl_core.evaluation import HIGHER_IS_BETTER
+from fl_core.fairness import Disparity, GroupCounts, disparity, sum_counts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSpec:
+    """Group fairness on one categorical column of the contract (checked against it when the config
+    is read): the largest demographic parity and equalised odds differences the candidate may show
+    on the federation's holdouts, the smallest group a silo reports (smaller cells are withheld),
+    and the probability at which a prediction counts as positive."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    column: str
+    max_dp_difference: float
+    max_eo_difference: float
+    min_group_size: int = 10
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("max_dp_difference", "max_eo_difference"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if isinstance(self.min_group_size, bool) or self.min_group_size < 3:
+            raise ValueError(f"min_group_size must be >= 3 (no reported count may describe one or two people), "
+                             f"got {self.min_group_size!r}")
+        if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +83,7 @@ class GateSpec:
     max_overall_drop: float = 0.0
     confidence: float = 0.95  # of the bootstrap intervals
     bootstrap: int = 1000  # replicates each silo draws
+    groups: GroupSpec | None = None  # group fairness on a sensitive column: off unless configured
 
     def __post_init__(self) -> None:
         if self.metric not in HIGHER_IS_BETTER:
@@ -65,7 +104,7 @@ class GateSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Check:
-    name: Literal["floor", "gap", "regression", "overall", "coverage"]
+    name: Literal["floor", "gap", "regression", "overall", "coverage", "parity", "odds"]
     passed: bool
     value: float
     threshold: float
@@ -75,11 +114,36 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSummary:
+    """Every number the group checks used: the counts each silo reported (and how many groups it
+    withheld), each silo's differences, and the federation's from the summed counts."""
+
+    column: str
+    threshold: float
+    min_group_size: int
+    counts: Mapping[str, GroupCounts]  # the federation's: summed over the silos' reported counts
+    federation: Disparity
+    silo_counts: Mapping[str, Mapping[str, GroupCounts]]
+    silos: Mapping[str, Disparity]
+    suppressed: Mapping[str, int]  # silo -> groups it withheld
+
+    def to_dict(self) -> dict:
+        return {
+            "column": self.column, "threshold": self.threshold, "min_group_size": self.min_group_size,
+            "federation": {"counts": {g: c.to_dict() for g, c in self.counts.items()}, **self.federation.to_dict()},
+            "silos": {silo: {"counts": {g: c.to_dict() for g, c in self.silo_counts[silo].items()},
+                             "suppressed": self.suppressed.get(silo, 0), **self.silos[silo].to_dict()}
+                      for silo in sorted(self.silos)},
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateDecision:
     passed: bool
     metric: str
     checks: tuple[Check, ...]
     undefined: tuple[str, ...] = field(default=())
+    groups: GroupSummary | None = None  # with GateSpec.groups: the group checks' numbers
 
     @property
     def failures(self) -> tuple[Check, ...]:
@@ -97,18 +161,80 @@ def _interval_text(low: float | None, high: float | None) -> str:
     return f" [{low:+.3f}, {high:+.3f}]"
 
 
+def _per_silo(values: Mapping[str, float], silo_counts: Mapping[str, Mapping[str, GroupCounts]],
+              suppressed: Mapping[str, int]) -> str:
+    parts = []
+    for silo in sorted(values):
+        withheld = suppressed.get(silo, 0)
+        note = f" ({withheld} group{'s' if withheld != 1 else ''} withheld)" if withheld else ""
+        value = values[silo]
+        if math.isnan(value):
+            reason = note or (" (one group reported)" if len(silo_counts[silo]) < 2 else " (rates undefined)")
+            parts.append(f"{silo} —{reason}")
+        else:
+            parts.append(f"{silo} {value:.3f}{note}")
+    return ", ".join(parts) or "none"
+
+
+def _group_checks(spec: GroupSpec, groups: Mapping[str, Mapping[str, GroupCounts]],
+                  suppressed: Mapping[str, int]) -> tuple[list[Check], GroupSummary]:
+    """The parity and odds checks on the federation's summed counts, and every number they used."""
+    silo_counts = {silo: dict(sorted(counts.items())) for silo, counts in groups.items()}
+    for silo in suppressed:
+        silo_counts.setdefault(silo, {})
+    pooled = sum_counts(silo_counts.values())
+    federation = disparity(pooled)
+    silos = {silo: disparity(counts) for silo, counts in silo_counts.items()}
+    summary = GroupSummary(column=spec.column, threshold=spec.threshold, min_group_size=spec.min_group_size,
+                           counts=pooled, federation=federation, silo_counts=silo_counts, silos=silos,
+                           suppressed={s: k for s, k in suppressed.items() if k})
+    left_out = f" · left out: {', '.join(federation.left_out)}" if federation.left_out else ""
+    checks = []
+    for name, label, value, threshold, parts, per_silo in (
+        ("parity", "demographic parity difference", federation.parity, spec.max_dp_difference,
+         "positive rate " + ", ".join(f"{g} {r['selection']:.3f}" for g, r in federation.rates.items()),
+         {s: d.parity for s, d in silos.items()}),
+        ("odds", "equalised odds difference", federation.odds, spec.max_eo_difference,
+         f"TPR gap {_number(federation.tpr_gap)}, FPR gap {_number(federation.fpr_gap)}",
+         {s: d.odds for s, d in silos.items()}),
+    ):
+        where = f"per silo: {_per_silo(per_silo, silo_counts, suppressed)}"
+        if math.isnan(value):
+            detail = (f"{label} on {spec.column} undefined: the reported counts hold fewer than two groups with a "
+                      f"defined rate ({len(pooled)} reported) · {where}{left_out}")
+            checks.append(Check(name=name, passed=False, value=math.nan, threshold=threshold, detail=detail))
+            continue
+        ok = value <= threshold
+        detail = (f"{label} on {spec.column} {value:.3f} {'<=' if ok else '>'} {threshold:.3f} ({parts}) · "
+                  f"{where}{left_out}")
+        checks.append(Check(name=name, passed=ok, value=value, threshold=threshold, detail=detail))
+    return checks, summary
+
+
+def _number(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3f}"
+
+
 def decide(
     candidate: Mapping[str, float],
     champion: Mapping[str, float] | None,
     spec: GateSpec,
     gains: Mapping[str, Interval] | None = None,
     sizes: Mapping[str, int] | None = None,
+    groups: Mapping[str, Mapping[str, GroupCounts]] | None = None,
+    suppressed: Mapping[str, int] | None = None,
 ) -> GateDecision:
     """Gate `candidate` (silo -> metric) against `spec` and, if given, the champion's values.
     `gains`: each silo's paired interval of the candidate's gain over the champion (positive is
-    better); `sizes`: each silo's holdout rows, the weights of the overall gain (equal without)."""
+    better); `sizes`: each silo's holdout rows, the weights of the overall gain (equal without).
+    With ``spec.groups``: `groups`, each silo's reported group counts of the candidate (after
+    suppression), and `suppressed`, how many groups each silo withheld; ignored without it."""
     higher = HIGHER_IS_BETTER[spec.metric]
     gains = gains or {}
+    group_checks: list[Check] = []
+    summary = None
+    if spec.groups is not None:
+        group_checks, summary = _group_checks(spec.groups, groups or {}, suppressed or {})
     defined = {s: v for s, v in candidate.items() if not math.isnan(v)}
     undefined = tuple(sorted(s for s in candidate if s not in defined))
     if not defined:
@@ -116,7 +242,8 @@ def decide(
             name="coverage", passed=False, value=0.0, threshold=1.0,
             detail=f"no silo has a defined {spec.metric} on its holdout",
         )
-        return GateDecision(passed=False, metric=spec.metric, checks=(check,), undefined=undefined)
+        return GateDecision(passed=False, metric=spec.metric, checks=(check, *group_checks), undefined=undefined,
+                            groups=summary)
 
     checks: list[Check] = []
     worst_silo = min(defined, key=defined.get) if higher else max(defined, key=defined.get)
@@ -175,4 +302,6 @@ def decide(
                 detail=f"overall gain vs champion {overall:+.3f}{_interval_text(low, high)} "
                        f"{'>=' if ok else '<'} {floor:+.3f}",
             ))
-    return GateDecision(passed=all(c.passed for c in checks), metric=spec.metric, checks=tuple(checks), undefined=undefined)
+    checks.extend(group_checks)
+    return GateDecision(passed=all(c.passed for c in checks), metric=spec.metric, checks=tuple(checks), undefined=undefined,
+                        groups=summary)

@@ -14,7 +14,8 @@ that no module reads a silo's answer by string key or invents a metric name of i
   opened with `open_manifest` against the silo's key from the roster.
 - Reports the coordinator keeps in the round record: `PrivacyRelease` (a silo's record-level
   DP-SGD spend), `FederationPrivacy` (silo-level DP-FedAvg), `SecAggStats`, `AnomalyReport`, and a
-  silo's `EvaluationReport` (published to the exchange, referenced from its manifest).
+  silo's `EvaluationReport` (published to the exchange, referenced from its manifest) with its
+  `GateIntervals` and `GroupReport`.
 
 The format version is ``VERSION``; a message of another version is refused, never guessed at.
 """
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 from fl_core.bootstrap import Interval
 from fl_core.errors import BadSignature, MalformedMessage, StaleMessage, WrongSender
+from fl_core.fairness import GroupCounts
 from fl_core.secagg import crypto
 
 VERSION = 1
@@ -269,10 +271,22 @@ class TrainResult:
     objects: tuple[ObjectRef, ...] = ()
     bytes: int = 0
     crypto_s: float = 0.0
+    planned_steps: int | None = None  # set when a time budget cut the round short (partial work)
+    weight: float | None = None  # q-FFL: the silo's weight in the mean (n·F^q); unset: n_samples
+
+    @property
+    def aggregation_weight(self) -> float:
+        """What the silo's update weighs in the mean: its q-FFL weight, else its training-set size."""
+        return float(self.n_samples) if self.weight is None else self.weight
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
             raise MalformedMessage(f"train result: field 'n_samples' must be >= 1, got {self.n_samples}")
+        if self.weight is not None and not (math.isfinite(self.weight) and self.weight > 0):
+            raise MalformedMessage(f"train result: field 'weight' must be a positive number, got {self.weight}")
+        if self.planned_steps is not None and self.planned_steps < self.steps:
+            raise MalformedMessage(f"train result: field 'planned_steps' ({self.planned_steps}) is below the steps "
+                                   f"taken ({self.steps})")
         if not math.isfinite(self.train_loss):
             raise MalformedMessage(f"train result: field 'train_loss' must be finite, got {self.train_loss}")
 
@@ -284,6 +298,10 @@ class TrainResult:
             out["privacy"] = self.privacy.to_dict()
         if self.update is not None:
             out["update"] = self.update.to_dict()
+        if self.planned_steps is not None:
+            out["planned_steps"] = self.planned_steps
+        if self.weight is not None:
+            out["weight"] = self.weight
         return out
 
     @classmethod
@@ -295,7 +313,9 @@ class TrainResult:
                    compute_s=_float(raw, k, "compute_s", 0.0),
                    privacy=PrivacyRelease.from_dict(raw["privacy"]) if _optional(raw, "privacy") else None,
                    update=_ref(raw, k, "update"), objects=_refs(raw, k, "objects"), bytes=_int(raw, k, "bytes", 0),
-                   crypto_s=_float(raw, k, "crypto_s", 0.0))
+                   crypto_s=_float(raw, k, "crypto_s", 0.0),
+                   planned_steps=_int(raw, k, "planned_steps") if _optional(raw, "planned_steps") else None,
+                   weight=_float(raw, k, "weight") if _optional(raw, "weight") else None)
 
     def metrics(self, silo: str) -> dict[str, float]:
         return {f"silo.{silo}.train_loss": self.train_loss, f"silo.{silo}.n_train": float(self.n_samples)}
@@ -432,20 +452,24 @@ def open_manifest(signed: Any, silo_public: bytes, federation: str, round_number
 # -- a silo's evaluation report ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvaluationReport:
-    """The metrics a silo measured on its own holdout for each model it was asked to score, and the
-    bootstrap intervals of the gate's metric (`GateIntervals`): aggregates only, never rows."""
+    """The metrics a silo measured on its own holdout for each model it was asked to score, the
+    bootstrap intervals of the gate's metric (`GateIntervals`) and, when the gate checks groups, the
+    candidate's group counts (`GroupReport`): aggregates only, never rows."""
 
     federation: str
     round: int
     silo: str
     metrics: Mapping[str, Mapping[str, float]]  # model name (candidate, champion) -> metric -> value
     intervals: GateIntervals | None = None
+    groups: GroupReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"v": VERSION, "federation": self.federation, "round": self.round, "silo": self.silo,
                "metrics": {name: dict(m) for name, m in self.metrics.items()}}
         if self.intervals is not None:
             out["intervals"] = self.intervals.to_dict()
+        if self.groups is not None:
+            out["groups"] = self.groups.to_dict()
         return out
 
     @classmethod
@@ -457,9 +481,57 @@ class EvaluationReport:
         if not isinstance(metrics, Mapping) or "candidate" not in metrics:
             raise MalformedMessage(f"{k}: field 'metrics' must hold the candidate's metrics")
         intervals = raw.get("intervals")
+        groups = raw.get("groups")
         return cls(federation=_str(raw, k, "federation"), round=_int(raw, k, "round"), silo=_str(raw, k, "silo"),
                    metrics={str(name): _floats(metrics, k, name) for name in metrics},
-                   intervals=None if intervals is None else GateIntervals.from_dict(intervals))
+                   intervals=None if intervals is None else GateIntervals.from_dict(intervals),
+                   groups=None if groups is None else GroupReport.from_dict(groups))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupReport:
+    """A silo's confusion counts of the candidate's predictions ``p >= threshold`` per group of the
+    sensitive `column` on its holdout (`fl_core.fairness`), after small-cell suppression: no group
+    under `min_group_size` rows is in `counts`, and `suppressed` says how many groups were withheld
+    (never their values). A report with a group under `min_group_size` is refused."""
+
+    column: str
+    threshold: float
+    min_group_size: int
+    counts: Mapping[str, GroupCounts]
+    suppressed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.suppressed < 0:
+            raise MalformedMessage(f"group report: field 'suppressed' must be >= 0, got {self.suppressed}")
+        small = sorted(g for g, c in self.counts.items() if c.n < self.min_group_size)
+        if small:
+            raise MalformedMessage(f"group report: groups {small} are under min_group_size {self.min_group_size} "
+                                   "and must be withheld")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "threshold": self.threshold, "min_group_size": self.min_group_size,
+                "counts": {g: c.to_dict() for g, c in sorted(self.counts.items())}, "suppressed": self.suppressed}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> GroupReport:
+        k = "group report"
+        raw = _mapping(raw, k)
+        counts = raw.get("counts", {})
+        if not isinstance(counts, Mapping):
+            raise _bad(k, "counts", counts, "an object of group counts")
+        parsed = {}
+        for group, fields in counts.items():
+            where = f"counts.{group}"
+            fields = _mapping(fields, f"{k} {where}")
+            try:
+                parsed[str(group)] = GroupCounts.from_dict({name: _int(fields, f"{k} {where}", name)
+                                                            for name in GroupCounts.__dataclass_fields__})
+            except ValueError as exc:
+                raise MalformedMessage(f"{k}: field {where!r}: {exc}") from None
+        return cls(column=_str(raw, k, "column"), threshold=_float(raw, k, "threshold"),
+                   min_group_size=_int(raw, k, "min_group_size"), counts=parsed,
+                   suppressed=_int(raw, k, "suppressed", 0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -509,6 +581,9 @@ class FederationPrivacy:
     clip_norm: float
     clipped_fraction: float
     noise_shares: int | None = None  # distributed placement: the Skellam shares in the sum
+    sample_rate: float = 1.0  # q = k / n of the eligible silos drawn to train this round (as charged)
+    # with sampling: ε of the same charges at q = 1, the bound for a party that knows who was sampled
+    epsilon_without_sampling: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"epsilon": self.epsilon, "budget": self.budget, "delta": self.delta, "accountant": self.accountant,
@@ -516,6 +591,9 @@ class FederationPrivacy:
                "clipped_fraction": self.clipped_fraction}
         if self.noise_shares is not None:
             out["noise_shares"] = self.noise_shares
+        if self.sample_rate != 1.0 or self.epsilon_without_sampling is not None:
+            out["sample_rate"] = self.sample_rate
+            out["epsilon_without_sampling"] = self.epsilon_without_sampling
         return out
 
     @classmethod
@@ -526,19 +604,30 @@ class FederationPrivacy:
                    accountant=_str(raw, k, "accountant"), placement=_str(raw, k, "placement"),
                    noise_multiplier=_float(raw, k, "noise_multiplier"), clip_norm=_float(raw, k, "clip_norm"),
                    clipped_fraction=_float(raw, k, "clipped_fraction"),
-                   noise_shares=_int(raw, k, "noise_shares") if _optional(raw, "noise_shares") else None)
+                   noise_shares=_int(raw, k, "noise_shares") if _optional(raw, "noise_shares") else None,
+                   sample_rate=_float(raw, k, "sample_rate", 1.0),
+                   epsilon_without_sampling=(_float(raw, k, "epsilon_without_sampling")
+                                             if _optional(raw, "epsilon_without_sampling") else None))
 
     def metrics(self) -> dict[str, float]:
         out = {f"dp.{name}": float(getattr(self, name))
                for name in ("epsilon", "delta", "noise_multiplier", "clip_norm", "clipped_fraction")}
         if self.noise_shares is not None:
             out["dp.noise_shares"] = float(self.noise_shares)
+        if self.sample_rate != 1.0 or self.epsilon_without_sampling is not None:
+            out["dp.sample_rate"] = float(self.sample_rate)
+        if self.epsilon_without_sampling is not None:
+            out["dp.epsilon_without_sampling"] = float(self.epsilon_without_sampling)
         return out
 
     def describe(self) -> str:
         line = dp_line(f"silo-level DP-FedAvg, {self.placement} noise", self.epsilon, self.budget, self.delta,
                        self.noise_multiplier, self.clip_norm, self.accountant)
-        return line + (f", {self.noise_shares} noise shares" if self.noise_shares is not None else "")
+        line += f", {self.noise_shares} noise shares" if self.noise_shares is not None else ""
+        if self.epsilon_without_sampling is not None:
+            line += (f", silos sampled at q {self.sample_rate:.4g} (epsilon {self.epsilon_without_sampling:.4f} "
+                     "against a party that knows the sample)")
+        return line
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,7 @@
 """Models built from the federation config: logistic regression and a multilayer perceptron.
 
-Both output one logit per record (binary classification). Weights are initialised from an
+Both output one logit per record for two classes (binary cross-entropy) and one logit per class
+for more (softmax cross-entropy; `ModelSpec.classes`). Weights are initialised from an
 injected seed, never from torch's global generator, so that every party that builds the initial
 model from the same config gets the same parameters.
 """
@@ -20,7 +21,7 @@ def build_model(spec: ModelSpec, n_inputs: int, seed: int) -> nn.Module:
     """A fresh model for `n_inputs` features, initialised deterministically from `seed`."""
     if n_inputs < 1:
         raise ValueError(f"a model needs at least one input, got n_inputs={n_inputs}")
-    sizes = [n_inputs, *spec.hidden, 1]
+    sizes = [n_inputs, *spec.hidden, spec.outputs]
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
@@ -36,3 +37,13 @@ def build_model(spec: ModelSpec, n_inputs: int, seed: int) -> nn.Module:
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.uniform_(-bound, bound, generator=generator)
     return model
+
+
+def output_classes(model: nn.Module) -> int:
+    """How many classes `model` tells apart: 2 when its last linear layer has one output (a logit),
+    else that layer's width."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError("the model has no linear output layer")
+    width = last[-1].out_features
+    return 2 if width == 1 else width

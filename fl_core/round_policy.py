@@ -13,7 +13,10 @@ no decision is re-derived where it is used. It holds:
   and, in trusted mode, `TrustedDPFedAvg` (DP-FedAvg, McMahan et al., ICLR 2018: clipping, capped
   weights, a fixed denominator and Gaussian noise, through `fl_core.dp.fedavg`);
 - silo-level DP as `SiloLevel` (the noise multiplier, per-layer clipping, distributed Skellam
-  shares after Agarwal, Kairouz & Liu, NeurIPS 2021), derived once;
+  shares after Agarwal, Kairouz & Liu, NeurIPS 2021), derived once, and what a round with only
+  some of the silos sampled is charged;
+- which silos train in a round (`sample`: k of the eligible, `fl_core.sampling`), recomputed alike
+  by the coordinator and every silo;
 - the quantiser of the secure sum and the server step (`fl_core.server_opt`: FedAvg with a server
   learning rate, FedAvgM, FedAdagrad, FedAdam, FedYogi, whose state the coordinator keeps);
 - with SCAFFOLD (`fl_core.objectives`), the layout of what each silo contributes: its model update
@@ -42,6 +45,7 @@ from fl_core.dp.policy import SiloPrivacy
 from fl_core.errors import AggregationError, ConfigError, HeadroomError, StateError, TooFewUpdates
 from fl_core.messages import AnomalyReport
 from fl_core.objectives import scaffold_server_control
+from fl_core.sampling import SiloSample
 from fl_core.secagg.quantize import Quantizer, clip_by_norm
 from fl_core.secagg.spec import SecureSpec
 from fl_core.secagg.weighting import contribution, mean_update
@@ -56,7 +60,44 @@ Mode = Literal["secure", "bucketed", "trusted"]
 class SiloLevel:
     """Silo-level DP of a federation as every party derives it alike: z at the configured placement
     (distributed: with `threshold` shares in the sum), the layer sizes for per-layer clipping, each
-    silo's Skellam share, and the sensitivity of the sum."""
+    silo's Skellam share, and the sensitivity of the sum.
+
+    The neighbouring relation is zero-out: one silo's update replaced by zero, while who may take
+    part and each silo's weight stay as they are (they are public to the coordinator). The noise
+    is z·C on the weighted *sum*, whatever the number of silos in it, and the sum is divided by the
+    summed weight of the silos actually in it — public under zero-out, so no expected count of
+    participants enters the calibration, and sampling k of n silos changes nothing there.
+
+    Sampling (``aggregation.silos_per_round``, `fl_core.sampling`). A round whose k trainers are
+    drawn from n eligible silos is charged, with central noise, as the sampled Gaussian mechanism
+    at q = k / n: ``GaussianEvent(z, k / n, 1)`` (DP-FedAvg's accounting, McMahan et al., ICLR
+    2018; the sampled Gaussian's RDP, Mironov, Talwar & Zhang 2019; PRV alike); with a
+    ``target_epsilon``, z is chosen for that q (`of`). What this assumes:
+
+    - Under zero-out adjacency and *Poisson* sampling (each silo drawn on its own with probability
+      q), the round is exactly the mechanism those accountants bound. The draw here is not Poisson:
+      it is exactly k without replacement. Amplification for that scheme is proven under the
+      substitution relation (Balle, Barthe & Gaboardi, "Privacy Amplification by Subsampling:
+      Tight Analyses via Couplings and Divergences", NeurIPS 2018; Wang, Balle & Kasiviswanathan,
+      "Subsampled Rényi Differential Privacy and Analytical Moments Accountant", AISTATS 2019),
+      where swapping one silo for another moves the sum by up to 2C, not C. Charging exact-k rounds
+      with the Poisson accountant at q = k / n is the approximation in common use, not a proof, and
+      may understate ε (Lebeda et al., "Avoiding Pitfalls for Privacy Accounting of Subsampled
+      Mechanisms under Composition", 2024). Exact k is kept because every round's secure sum then
+      has the size its threshold and headroom were checked for; a Poisson draw too small for the
+      sum would fail its round on every redo (the draw is seeded), and redrawing until it is large
+      enough would condition on the size, which the Poisson analysis does not cover.
+    - Amplification needs the draw to be hidden from whoever the guarantee is held against. The
+      draw follows from the config's seed and is published in the round record: the amplified ε
+      speaks of parties that see only the released models, not of the coordinator or the silos.
+      For anyone who knows the draw, a round is the plain Gaussian mechanism on the silos drawn;
+      ε with every charge taken at q = 1 (`fl_core.dp.ledger.Ledger.spent_without_sampling`) bounds
+      it for any draw that does not look at the data (Rényi divergence is jointly quasi-convex:
+      van Erven & Harremoës, IEEE Trans. Inf. Theory 2014, Thm 13), and is recorded beside ε.
+    - Distributed (Skellam) noise is charged without amplification: the Skellam bound used here
+      has no subsampled form. Sampling can only lower the true cost, so the charge stays an upper
+      bound; the shares are sized for the threshold of a sum of k silos.
+    """
 
     policy: SiloPrivacy
     noise_multiplier: float
@@ -66,13 +107,15 @@ class SiloLevel:
 
     @classmethod
     def of(cls, policy: SiloPrivacy, *, secure: bool, rounds: int, scale: float, n_parameters: int,
-           layers: tuple[int, ...], threshold: int) -> SiloLevel:
+           layers: tuple[int, ...], threshold: int, sample_rate: float = 1.0) -> SiloLevel:
+        """`threshold`: of the secure sum of one round's silos; `sample_rate`: the planned k / n,
+        at which a ``target_epsilon`` is met under central noise (distributed noise is charged at 1)."""
         shares = None
         if policy.placement == "distributed":
             shares = policy.skellam_shares(rounds, scale, n_parameters, threshold)
             z = shares.noise_multiplier
         else:
-            z = policy.resolved_noise_multiplier(rounds)
+            z = policy.resolved_noise_multiplier(rounds, sample_rate)
         # Stochastic rounding moves each coordinate of a securely summed update by < one step.
         sensitivity = policy.clip_norm + (math.sqrt(n_parameters) / scale if secure else 0.0)
         return cls(policy=policy, noise_multiplier=z, layers=layers if policy.clipping == "per_layer" else None,
@@ -94,10 +137,12 @@ class SiloLevel:
         """The std of the coordinator's Gaussian noise on the weighted sum (0 when distributed)."""
         return 0.0 if self.shares is not None else self.noise_multiplier * self.sensitivity
 
-    def event(self, shares_in_sum: int | None = None) -> Event:
-        """A round's release: Gaussian (central) or Skellam with the shares actually summed."""
+    def event(self, shares_in_sum: int | None = None, sample_rate: float = 1.0) -> Event:
+        """A round's release: Gaussian (central) on a sample of rate `sample_rate` (k / n of the
+        eligible silos trained), or Skellam with the shares actually summed (not amplified by the
+        sampling: see the class's docstring)."""
         if self.shares is None:
-            return GaussianEvent(self.noise_multiplier, 1.0, 1)
+            return GaussianEvent(self.noise_multiplier, float(sample_rate), 1)
         return self.shares.event(self.shares.threshold if shares_in_sum is None else shares_in_sum)
 
     def noise_shares(self, event: Event) -> int | None:
@@ -186,6 +231,7 @@ class TrustedDPFedAvg:
 
     level: SiloLevel
     rng: np.random.Generator = field(repr=False)
+    sample_rate: float = 1.0  # k / n of the eligible silos were sampled to train this round
 
     def __call__(self, inputs: Sequence[Contribution], streaks: Mapping[str, int]) -> Merged:
         if not inputs:
@@ -196,7 +242,8 @@ class TrustedDPFedAvg:
         noised = GaussianNoised(FixedDenominatorMean(denominator), self.level.noise_multiplier, self.level.sensitivity,
                                 denominator, self.rng)
         mean = noised([p[0] for p in pairs], capped)
-        return Merged(mean_delta=mean, kept=tuple(c.name for c in inputs), release=self.level.event(),
+        return Merged(mean_delta=mean, kept=tuple(c.name for c in inputs),
+                      release=self.level.event(sample_rate=self.sample_rate),
                       clipped_fraction=sum(p[1] for p in pairs) / len(pairs))
 
 
@@ -232,6 +279,7 @@ class RoundPolicy:
     min_bucket: int | None = None  # bucketed mode
     robust_params: Mapping[str, float | int | None] = field(default_factory=dict)
     privacy: SiloLevel | None = None
+    silos_per_round: int | None = None  # k silos sampled to train each round (None: every eligible silo)
 
     # -- who sums with whom ---------------------------------------------------------------------------
     @property
@@ -276,6 +324,12 @@ class RoundPolicy:
         seed and the round, so that every silo can recompute (and check) what the coordinator announces."""
         rng = numpy_rng(derive_seed(self.seed, "buckets", round_number))
         return robust.assign_buckets(list(silos), self.min_bucket, rng)
+
+    def sample(self, round_number: int, eligible: Sequence[str]) -> SiloSample:
+        """Round `round_number`'s trainers: ``silos_per_round`` of the `eligible` silos (the roster's,
+        not offboarded), drawn from the federation's seed and the round only, so that a redone round
+        draws the same and every silo can recompute (and check) what the coordinator announces."""
+        return SiloSample.draw(eligible, self.silos_per_round, self.seed, round_number)
 
     def instances(self, round_number: int, silos: Sequence[str]) -> tuple[Instance, ...]:
         if not self.is_secure:
@@ -341,20 +395,21 @@ class RoundPolicy:
         mean, weight = mean_update(decoded)
         return Contribution(name=instance.name, vector=mean, weight=weight * weight_scale, members=tuple(members))
 
-    def combiner(self, rng: np.random.Generator) -> Combiner:
+    def combiner(self, rng: np.random.Generator, sample_rate: float = 1.0) -> Combiner:
         """How the round's contributions merge, wrappers included (built per round: it holds the
-        round's noise generator)."""
+        round's noise generator and, for the privacy charge, the round's sampling rate k / n)."""
         if self.mode == "secure":
-            return _SingleSum(self.privacy)
+            return _SingleSum(self.privacy, sample_rate)
         if self.mode == "trusted" and self.privacy is not None:
-            return TrustedDPFedAvg(self.privacy, rng)
+            return TrustedDPFedAvg(self.privacy, rng, sample_rate)
         inner: Combiner = RuleMerge(self.merge_rule)
         if self.anomaly is not None:
             inner = Screened(inner, self.anomaly, self.min_silos, per_silo=self.mode == "trusted")
         return inner
 
-    def merge(self, inputs: Sequence[Contribution], streaks: Mapping[str, int], rng: np.random.Generator) -> Merged:
-        return self.combiner(rng)(inputs, streaks)
+    def merge(self, inputs: Sequence[Contribution], streaks: Mapping[str, int], rng: np.random.Generator,
+              sample_rate: float = 1.0) -> Merged:
+        return self.combiner(rng, sample_rate)(inputs, streaks)
 
     def step(self, start: np.ndarray, merged: Merged, state: ServerState, round_number: int,
              silos_in: Sequence[str]) -> tuple[np.ndarray, ServerState]:
@@ -378,12 +433,13 @@ class _SingleSum:
     """Secure mode: the one sum is the merge (its noise, if any, was added when it was decoded)."""
 
     level: SiloLevel | None
+    sample_rate: float = 1.0
 
     def __call__(self, inputs: Sequence[Contribution], streaks: Mapping[str, int]) -> Merged:
         if len(inputs) != 1:
             raise AggregationError(f"secure mode merges one sum, got {len(inputs)}")
         (only,) = inputs
-        release = None if self.level is None else self.level.event(len(only.members))
+        release = None if self.level is None else self.level.event(len(only.members), self.sample_rate)
         return Merged(mean_delta=only.vector, kept=(only.name,), release=release)
 
 
@@ -391,10 +447,14 @@ def build_policy(*, mode: Mode, rule: str, robust_params: Mapping[str, float | i
                  min_silos: int, min_bucket: int, secure: SecureSpec, privacy: SiloPrivacy | None,
                  anomaly: AnomalySpec | None, seed: int, rounds: int, layers: Sequence[int],
                  n_silos: int, server_optimizer: ServerOptimizerSpec | None = None,
-                 control: bool = False) -> RoundPolicy:
+                 control: bool = False, silos_per_round: int | None = None) -> RoundPolicy:
     """The round's policy from the federation's settings (`layers`: the model's parameter sizes in
-    flattening order; `control`: the silos train with SCAFFOLD). Raises `ConfigError` for settings
-    that cannot serve `n_silos` silos."""
+    flattening order; `control`: the silos train with SCAFFOLD; `silos_per_round`: k of the
+    `n_silos` trained each round, None for all). Raises `ConfigError` for settings that cannot serve
+    `n_silos` silos, `silos_per_round` of them at a time."""
+    if silos_per_round is not None and (isinstance(silos_per_round, bool) or silos_per_round < 1):
+        raise ConfigError(f"aggregation.silos_per_round: must be >= 1 (or unset for every silo), got {silos_per_round!r}")
+    per_round = n_silos if silos_per_round is None else min(silos_per_round, n_silos)
     if control and privacy is not None:
         raise ConfigError("training.objective: scaffold with silo-level DP (aggregation.privacy) is refused: "
                           "DP-FedAvg's clipping and noise, and its accounting, cover the model update, not the "
@@ -404,16 +464,16 @@ def build_policy(*, mode: Mode, rule: str, robust_params: Mapping[str, float | i
     level = None
     quantizer = secure.quantizer() if mode != "trusted" else None
     if privacy is not None:
-        try:
-            threshold = secure.threshold_for(n_silos)
+        try:  # the Skellam shares are sized for the threshold of one round's sum: its k silos
+            threshold = secure.threshold_for(per_round)
         except ValueError as exc:
             raise ConfigError(f"aggregation.secure: {exc}") from None
         level = SiloLevel.of(privacy, secure=mode == "secure", rounds=rounds,
                              scale=secure.quantizer().scale, n_parameters=n_parameters, layers=tuple(layers),
-                             threshold=threshold)
+                             threshold=threshold, sample_rate=per_round / n_silos)
         if level.shares is not None:
             try:
-                level.shares.check_headroom(n_silos, secure.bits)
+                level.shares.check_headroom(per_round, secure.bits)
             except HeadroomError as exc:
                 raise ConfigError(f"aggregation.privacy: {exc}") from None
     return RoundPolicy(
@@ -422,4 +482,5 @@ def build_policy(*, mode: Mode, rule: str, robust_params: Mapping[str, float | i
         min_silos=min_silos, seed=seed, n_parameters=n_parameters, n_silos=n_silos, control=control,
         secure=secure if mode != "trusted" else None, quantizer=quantizer,
         min_bucket=min_bucket if mode == "bucketed" else None, robust_params=dict(robust_params), privacy=level,
+        silos_per_round=silos_per_round,
     )

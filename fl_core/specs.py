@@ -15,15 +15,27 @@ from fl_core.errors import PrivacyError
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelSpec:
-    """``kind: logistic`` is one linear layer; ``kind: mlp`` adds ``hidden`` layers with ``activation``."""
+    """``kind: logistic`` is one linear layer; ``kind: mlp`` adds ``hidden`` layers with ``activation``.
+
+    ``classes``: 2 (one logit, binary cross-entropy: what the federation's contract labels are) or
+    more (one logit per class, softmax cross-entropy: multinomial logistic regression and MLPs for
+    the experiments' multi-class federations, `fl_core.synthetic`, `fl_core.partition`)."""
 
     __pydantic_config__ = {"extra": "forbid"}
 
     kind: Literal["logistic", "mlp"] = "logistic"
     hidden: tuple[int, ...] = ()
     activation: Literal["relu", "tanh"] = "relu"
+    classes: int = 2
+
+    @property
+    def outputs(self) -> int:
+        """The width of the last layer: 1 logit for two classes, one per class otherwise."""
+        return 1 if self.classes == 2 else self.classes
 
     def __post_init__(self) -> None:
+        if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 2:
+            raise ValueError(f"classes must be an integer >= 2, got {self.classes!r}")
         if self.kind not in ("logistic", "mlp"):
             raise ValueError(f"kind must be 'logistic' or 'mlp', got {self.kind!r}")
         if self.activation not in ("relu", "tanh"):
@@ -40,7 +52,7 @@ class ModelSpec:
 def parameter_sizes(spec: ModelSpec, n_inputs: int) -> tuple[int, ...]:
     """The sizes of the model's parameters in flattening order (each linear layer's weight, then
     its bias), without building it: what per-layer clipping and the vector length need."""
-    sizes = [n_inputs, *spec.hidden, 1]
+    sizes = [n_inputs, *spec.hidden, spec.outputs]
     out: list[int] = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         out += [fan_in * fan_out, fan_out]
@@ -56,7 +68,10 @@ class TrainSpec:
 
     ``local_epochs`` passes over the training split, or exactly ``local_steps`` minibatches when
     that is set (it then overrides epochs, so that silos of very different sizes do the same
-    amount of work per round). ``objective``: what the local steps follow (`fl_core.objectives`):
+    amount of work per round). ``time_budget_s``: the most wall-clock time a silo's round of
+    training may take; a silo that runs out stops after the step it is in and contributes the
+    steps it did (partial work, `fl_core.training.WorkBudget`; under DP-SGD it is charged for those
+    steps only). ``objective``: what the local steps follow (`fl_core.objectives`):
     the silo's loss (``fedavg``), plus FedProx's proximal term of weight ``prox_mu`` (``fedprox``),
     or corrected by SCAFFOLD's control variates (``scaffold``, with SGD only).
     """
@@ -73,6 +88,7 @@ class TrainSpec:
     batch_size: int = 32
     objective: Literal["fedavg", "fedprox", "scaffold"] = "fedavg"
     prox_mu: float = 0.0
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -91,6 +107,8 @@ class TrainSpec:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            raise ValueError(f"time_budget_s must be a positive number of seconds when set, got {self.time_budget_s!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):

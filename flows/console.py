@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.console import Group as RichGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -28,10 +29,41 @@ def _with_interval(value: float | None, interval: dict | None, signed: bool = Fa
     return f"{number} [{low:+.3f}, {high:+.3f}]" if signed else f"{number} [{low:.3f}, {high:.3f}]"
 
 
-def gate_table(record: dict[str, Any]) -> tuple[Table, list[str]]:
+def group_table(groups: dict[str, Any]) -> Table:
+    """The group checks' numbers: each silo's reported groups (rows, positive rate, TPR, FPR) with
+    its own differences, the groups it withheld, and the federation's from the summed counts."""
+    table = Table(title=f"groups · {groups['column']} · ŷ = 1 at p >= {groups['threshold']:g}", title_justify="left",
+                  caption=f"P(ŷ=1): positive rate; groups under {groups['min_group_size']} rows on a silo are withheld "
+                  "(only their number is reported); federation: the silos' counts summed", caption_justify="left")
+    for name, justify in (("silo", "left"), ("group", "left"), ("n", "right"), ("P(ŷ=1)", "right"),
+                          ("TPR", "right"), ("FPR", "right"), ("parity", "right"), ("odds", "right")):
+        table.add_column(name, justify=justify, no_wrap=name in ("silo", "group"))
+
+    def rows(name: str, part: dict[str, Any], withheld: int = 0) -> None:
+        counts = part.get("counts", {})
+        first = True
+        for group, c in counts.items():
+            rates = part["rates"].get(group, {})
+            table.add_row(name if first else "", group, str(c["n"]), fmt(rates.get("selection")), fmt(rates.get("tpr")),
+                          fmt(rates.get("fpr")), fmt(part["parity"]) if first else "", fmt(part["odds"]) if first else "")
+            first = False
+        if withheld:
+            table.add_row(name if first else "", f"{withheld} withheld", "", "", "", "",
+                          fmt(part["parity"]) if first else "", fmt(part["odds"]) if first else "")
+        elif first:
+            table.add_row(name, "none", "", "", "", "", "—", "—")
+
+    for silo, part in sorted(groups.get("silos", {}).items()):
+        rows(silo, part, part.get("suppressed", 0))
+    table.add_section()
+    rows("federation", groups["federation"])
+    return table
+
+
+def gate_table(record: dict[str, Any]) -> tuple[RenderableType, list[str]]:
     """Round `record`'s gate as a reviewer reads it: each silo's value with its bootstrap interval,
     the champion's value on the same rows and the candidate's paired gain with its interval (a
-    table), then each check with its numbers (lines)."""
+    table; with group checks, followed by `group_table`), then each check with its numbers (lines)."""
     gate = record["gate"]
     metric = gate["metric"]
     intervals = gate.get("intervals", {})
@@ -45,14 +77,22 @@ def gate_table(record: dict[str, Any]) -> tuple[Table, list[str]]:
     table.add_column(f"champion v{record['champion_version_before']}" if record.get("champion_version_before")
                      else "champion", justify="right")
     table.add_column("gain", justify="right")
+    personal = record.get("personalised_metrics") or {}
+    if personal:  # not part of the gate: what each silo's own fine-tuned candidate reaches on its holdout
+        table.add_column(f"personalised {metric}", justify="right")
     champion = record.get("champion_metrics", {})
     for silo, metrics in sorted(record.get("metrics", {}).items()):
         i = intervals.get(silo, {})
         gain = i.get("gain")
-        table.add_row(silo, _with_interval(metrics.get(metric), i.get("candidate")),
-                      fmt(champion[silo].get(metric)) if silo in champion else "—",
-                      _with_interval(gain["estimate"], gain, signed=True) if gain else "—")
+        cells = [silo, _with_interval(metrics.get(metric), i.get("candidate")),
+                 fmt(champion[silo].get(metric)) if silo in champion else "—",
+                 _with_interval(gain["estimate"], gain, signed=True) if gain else "—"]
+        if personal:
+            cells.append(fmt(personal[silo].get(metric)) if silo in personal else "—")
+        table.add_row(*cells)
     lines = [f"{'[green]pass[/]' if c['passed'] else '[red]FAIL[/]'}  {c['name']}: {c['detail']}" for c in gate["checks"]]
+    if gate.get("groups"):
+        return RichGroup(table, group_table(gate["groups"])), lines
     return table, lines
 
 

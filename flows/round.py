@@ -8,6 +8,10 @@ round keys), then in secure mode the protocol's shares, masked and unmask, each 
 coordinator's check of what arrived; then evaluate. Bucketed mode runs the same phases with one
 instance of the protocol per bucket and merges the bucket means with the robust rule. Trusted mode
 has the silos publish their updates and merges them directly.
+
+With ``aggregation.silos_per_round`` only the round's sampled silos (`tasks.plan.RoundPlan.trainers`)
+get the train order and so the protocol's phases; every eligible silo's part is opened all the same
+and gets the evaluate order, so that the gate scores the candidate on every holdout.
 """
 
 from __future__ import annotations
@@ -99,12 +103,14 @@ class _Round:
         return outcomes
 
     def train(self) -> list[SiloOutcome]:
-        """The training phase for the roster's silos; the configured silos off the roster sit it out."""
+        """The training phase for the round's trainers (the roster's silos, or those sampled of them);
+        the configured silos off the roster sit it out. A silo not sampled is no outcome at all: it
+        is not a dropout, and the round's sample names it."""
         plan = self.plan
         refs = {"global": plan.global_ref}
         if plan.server_ref is not None and self.config.policy().control:  # SCAFFOLD: the server's control variate
             refs["server"] = plan.server_ref
-        trained = self.phase("train", list(plan.silos), refs, "train_phase_s")
+        trained = self.phase("train", list(plan.trainers), refs, "train_phase_s")
         return trained + [SiloOutcome(silo_id=s, manifest=None, error=why) for s, why in plan.absent.items()]
 
     def close(self) -> None:

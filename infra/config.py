@@ -41,6 +41,7 @@ from fl_core.dp.fedavg import Aggregator
 from fl_core.dp.policy import RecordPrivacy, SiloPrivacy
 from fl_core.errors import AggregationError, ConfigError, HeadroomError
 from fl_core.gate import GateSpec
+from fl_core.personalise import PersonalSpec
 from fl_core.round_policy import RoundPolicy, build_policy
 from fl_core.schema import DataContract
 from fl_core.secagg.spec import SecureSpec
@@ -77,7 +78,9 @@ class AggregationConfig(_Section):
     ``mode: trusted``: it sees each update (only for an aggregator the silos trust, named explicitly).
     ``rule``: ``fedavg`` (sample-weighted mean) or a Byzantine-robust rule (`fl_core.robust`) with
     its parameters in ``robust``, e.g. ``rule: trimmed_mean, robust: {beta: 0.2}``; ``anomaly``:
-    anomaly scores and flags of each update (trusted) or bucket mean (bucketed)."""
+    anomaly scores and flags of each update (trusted) or bucket mean (bucketed). ``silos_per_round``:
+    k of the eligible silos drawn to train each round (`fl_core.sampling`; unset: every silo); every
+    silo still evaluates every round's candidate."""
 
     mode: Literal["secure", "bucketed", "trusted"] = "secure"
     rule: Literal["fedavg", *ROBUST_RULES] = "fedavg"
@@ -87,7 +90,13 @@ class AggregationConfig(_Section):
         default=ServerOptimizerSpec(), description="the server's step: fedavg (default), fedavgm, fedadagrad, fedadam or "
         "fedyogi, with beta1, beta2 and tau (fl_core.server_opt); its learning rate is server_lr")
     min_silos: int = Field(default=2, ge=1)
+    silos_per_round: int | None = Field(
+        default=None, ge=1, description="k silos drawn to train each round, uniformly without replacement from the "
+        "eligible ones, seeded by the federation's seed and the round; unset: every eligible silo trains")
     min_bucket: int = Field(default=3, ge=2, description="bucketed mode: the fewest silos summed together")
+    qffl: float | None = Field(
+        default=None, ge=0, le=20, description="q-FFL's q (fl_core.qffl): each silo's weight is n·F^q, F its training "
+        "loss at the round's global model, so that the silos the model serves worst weigh more; unset: n")
     secure: SecureSpec = SecureSpec()
     privacy: SiloPrivacy | None = Field(default=None, description="silo-level DP: the federation's budget, clip and noise")
     anomaly: AnomalySpec | None = Field(default=None, description="anomaly scores of each update or bucket mean")
@@ -155,6 +164,10 @@ class FederationConfig(_Section):
     training: TrainSpec = TrainSpec()
     aggregation: AggregationConfig = AggregationConfig()
     gate: GateSpec = GateSpec()
+    personalisation: PersonalSpec | None = Field(
+        default=None, description="each silo fine-tunes every candidate on its own rows (steps, layers: all|head, "
+        "lr) and reports the personalised model's holdout metrics beside the global model's; the weights stay on "
+        "the silo (fl_core.personalise)")
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
     dispatch: DispatchConfig = DispatchConfig()
@@ -180,13 +193,15 @@ class FederationConfig(_Section):
                 f"aggregation.min_silos = {self.aggregation.min_silos} exceeds the {len(self.silos)} silos in the roster"
             )
         aggregation = self.aggregation
-        n = len(self.silos)
+        n_roster = len(self.silos)
+        n = self._per_round(aggregation, n_roster)  # the silos one round's aggregation sees at most
         if aggregation.mode == "bucketed":
             if aggregation.secure.threshold is not None:
                 raise ValueError("aggregation.secure.threshold: in bucketed mode each bucket's threshold is a strict "
                                  "majority of the bucket; leave it unset")
             if n < aggregation.min_bucket:
-                raise ValueError(f"aggregation.min_bucket: {aggregation.min_bucket} exceeds the {n} silos in the roster")
+                raise ValueError(f"aggregation.min_bucket: {aggregation.min_bucket} exceeds the {n} silos "
+                                 f"{self._where(n_roster)}")
             if aggregation.rule == "fedavg":
                 raise ValueError("aggregation.rule: bucketed mode merges bucket means with a robust rule; for a plain "
                                  "weighted mean of everyone use mode: secure")
@@ -208,6 +223,7 @@ class FederationConfig(_Section):
             if aggregation.privacy is not None:
                 raise ValueError(f"aggregation.rule: silo-level DP is accounted for fedavg only, not {aggregation.rule}")
             units, what = (n, "silos") if aggregation.mode == "trusted" else (aggregation.n_buckets(n), "buckets")
+            in_roster = self._where(n_roster)
             try:
                 aggregation.merge_rule()
             except (AggregationError, ValueError) as exc:
@@ -220,7 +236,7 @@ class FederationConfig(_Section):
             if f is not None and f > tolerated:
                 raise ValueError(
                     f"aggregation.robust: {aggregation.rule} with f = {f} needs more {what} than the "
-                    f"{units} {'in the roster' if what == 'silos' else f'of at least {aggregation.min_bucket} silos'} "
+                    f"{units} {in_roster if what == 'silos' else f'of at least {aggregation.min_bucket} silos'} "
                     f"(it tolerates at most {tolerated} of them)"
                 )
         if aggregation.anomaly is not None and aggregation.mode == "secure":
@@ -228,8 +244,21 @@ class FederationConfig(_Section):
                              "(mode: bucketed)")
         if self.attack is not None:
             self._check_attack(self.attack)
+        if self.gate.groups is not None:
+            column = self.gate.groups.column
+            categorical = [f.name for f in self.contract.features if f.kind == "categorical"]
+            if column not in categorical:
+                raise ValueError(f"gate.groups.column: {column!r} is not a categorical column of the contract "
+                                 f"(categorical columns: {categorical or 'none'})")
+        if self.model.classes != len(self.contract.label.classes):
+            raise ValueError(f"model.classes: {self.model.classes}, but the contract's label has "
+                             f"{len(self.contract.label.classes)} classes {list(self.contract.label.classes)}; the "
+                             "pipeline trains binary classifiers (model.classes: 2, the default)")
         privacy = self.aggregation.privacy
         if privacy is not None:
+            if self.aggregation.qffl is not None:
+                raise ValueError("aggregation.qffl with silo-level DP (aggregation.privacy) is refused: DP-FedAvg caps "
+                                 "every silo's weight at 1, which leaves nothing for q-FFL to reweight")
             if privacy.placement == "distributed" and self.aggregation.mode != "secure":
                 raise ValueError("aggregation.privacy.placement: distributed noise needs aggregation.mode: secure")
             if self.aggregation.mode == "secure" and privacy.clip_norm > self.aggregation.secure.clip_norm:
@@ -242,6 +271,32 @@ class FederationConfig(_Section):
                                  "DP-FedAvg's clipping, noise and accounting cover the model update, not the control "
                                  "variates SCAFFOLD sends beside it")
         return self
+
+    def _per_round(self, aggregation: AggregationConfig, n_roster: int) -> int:
+        """The most silos one round trains and sums: the roster, or ``silos_per_round`` of it; a sample
+        too small for the quorum or the secure sum is refused here, saying why."""
+        k = aggregation.silos_per_round
+        if k is None:
+            return n_roster
+        if k > n_roster:
+            raise ValueError(f"aggregation.silos_per_round = {k} exceeds the {n_roster} silos in the roster")
+        if k < aggregation.min_silos:
+            raise ValueError(f"aggregation.silos_per_round: {k} sampled silos can never reach aggregation.min_silos = "
+                             f"{aggregation.min_silos}; every round would stop for want of quorum")
+        if aggregation.mode != "trusted":
+            if k < 2:
+                raise ValueError(f"aggregation.silos_per_round: {k} silo per round is too few for a secure sum "
+                                 f"(mode: {aggregation.mode}): a sum of one silo is that silo's update; at least 2")
+            try:  # the threshold (t > k/2, and a configured one at most k) of the sum of k silos
+                aggregation.secure.threshold_for(k)
+            except ValueError as exc:
+                raise ValueError(f"aggregation.silos_per_round: {k} sampled silos are too few for the secure sum's "
+                                 f"threshold: {exc}") from None
+        return k
+
+    def _where(self, n_roster: int) -> str:
+        k = self.aggregation.silos_per_round
+        return "in the roster" if k is None or k >= n_roster else f"sampled per round (silos_per_round, of {n_roster})"
 
     def _check_attack(self, attack: AttackSpec) -> None:
         strangers = sorted(set(attack.silos) - set(self.silo_ids))
@@ -295,6 +350,7 @@ class FederationConfig(_Section):
                 min_bucket=a.min_bucket, secure=a.secure, privacy=a.privacy, anomaly=a.anomaly, seed=self.seed,
                 rounds=self.training.rounds, layers=self.layer_sizes(), n_silos=len(self.silos),
                 server_optimizer=a.server_optimizer, control=self.training.objective == "scaffold",
+                silos_per_round=a.silos_per_round,
             )
         return self._policy
 

@@ -93,18 +93,19 @@ class RoundSecrets:
         except json.JSONDecodeError:
             raise StateError(f"the secure-aggregation state for {self.stem} is corrupt") from None
 
-    def save_update(self, delta: np.ndarray, n_samples: int, noise: np.ndarray | None = None) -> None:
-        """The silo's update and training-set size, and its distributed-DP noise share if any."""
+    def save_update(self, delta: np.ndarray, weight: float, noise: np.ndarray | None = None) -> None:
+        """The silo's update and its weight in the mean (its training-set size, or its q-FFL weight),
+        and its distributed-DP noise share if any."""
         import io
 
         buffer = io.BytesIO()
         extra = {} if noise is None else {"noise": np.asarray(noise, dtype=np.int64)}
-        np.savez(buffer, delta=np.asarray(delta, dtype=np.float32), n_samples=np.int64(n_samples), **extra)
+        np.savez(buffer, delta=np.asarray(delta, dtype=np.float32), weight=np.float64(weight), **extra)
         write_private(self._update_path, buffer.getvalue())
 
-    def load_update(self) -> tuple[np.ndarray, int]:
+    def load_update(self) -> tuple[np.ndarray, float]:
         with self._open_update() as data:
-            return data["delta"].copy(), int(data["n_samples"])
+            return data["delta"].copy(), float(data["weight"])
 
     def load_noise(self) -> np.ndarray | None:
         with self._open_update() as data:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +36,39 @@ def read_table(path: Path, silo: str) -> pa.Table:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SiloData:
-    """A silo's table encoded for the model: features by the contract, labels as 0/1."""
+    """A silo's table encoded for the model: features by the contract, labels as 0/1; and, for
+    group fairness metrics (`fl_core.fairness`), each holdout row's raw label in every categorical
+    column of the contract (None where the value is missing: such a row belongs to no group and is
+    left out of the group metrics). The labels stay on the silo: only group counts leave it."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_holdout: np.ndarray
     y_holdout: np.ndarray
+    holdout_groups: Mapping[str, np.ndarray] = field(default_factory=dict)  # column -> label per holdout row
 
 
 def encode_table(table: pa.Table, contract: DataContract) -> SiloData:
-    """Encode a table that passed the contract (row order kept; the split column picks the rows)."""
+    """Encode a table that passed the contract (row order kept; the split column picks the rows).
+
+    The holdout's raw labels are kept for every categorical column, not only the gate's sensitive
+    one: the contract, not the gate, is what a silo's data is read with, and the holdout is small."""
     encoder = FeatureEncoder(contract.features)
     columns = {name: decoded(table.column(name)).to_numpy(zero_copy_only=False) for name in contract.columns}
     x = encoder.encode(columns)
     y = (columns[contract.label.column] == contract.label.positive).astype(np.int64)
     train = columns[contract.split_column] == "train"
-    return SiloData(x_train=x[train], y_train=y[train], x_holdout=x[~train], y_holdout=y[~train])
+    groups = {}
+    for feature in contract.features:
+        if feature.kind == "categorical":
+            values = np.asarray(columns[feature.name], dtype=object)[~train]
+            groups[feature.name] = np.array([None if _missing(v) else str(v) for v in values], dtype=object)
+    return SiloData(x_train=x[train], y_train=y[train], x_holdout=x[~train], y_holdout=y[~train],
+                    holdout_groups=groups)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def file_digest(path: Path) -> str:

@@ -119,11 +119,11 @@ def merge(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes: 
         except ExchangeError as exc:
             rejected[silo] = f"update rejected: {exc}"
             continue
-        inputs.append(Contribution(name=silo, vector=delta, weight=float(result.n_samples), members=(silo,)))
+        inputs.append(Contribution(name=silo, vector=delta, weight=result.aggregation_weight, members=(silo,)))
     if rejected:
         training = training.without(rejected)
         require_quorum(training.silos_in, training.out, policy.min_silos, f"round {r} training")
-    merged = policy.merge(inputs, plan.anomaly_streaks, noise_rng())
+    merged = policy.merge(inputs, plan.anomaly_streaks, noise_rng(), plan.sample_rate)
     log_anomaly(r, merged, per_silo=True)
     training = training.without(excluded_reasons(merged))
     ref, server_ref = server_step(config, exchange, plan, start, merged, training.silos_in)

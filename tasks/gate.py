@@ -29,6 +29,7 @@ class Assessment:
     gate: GateDecision
     compute_s: float
     intervals: Mapping[str, GateIntervals] = field(default_factory=dict)  # each silo's, of the gate's metric
+    personalised: Mapping[str, Metrics] = field(default_factory=dict)  # each silo's own fine-tuned candidate
 
 
 def _metrics(raw: Mapping[str, float]) -> Metrics:
@@ -40,11 +41,14 @@ def _metrics(raw: Mapping[str, float]) -> Metrics:
 
 
 def gate_json(gate: GateDecision, intervals: Mapping[str, GateIntervals] | None = None) -> dict:
-    """The decision with every number it used: the checks (with their intervals) and each silo's intervals."""
+    """The decision with every number it used: the checks (with their intervals), each silo's
+    intervals and, with group checks, every silo's reported group counts and the federation's."""
     out = {"passed": gate.passed, "metric": gate.metric, "summary": gate.summary(), "undefined": list(gate.undefined),
            "checks": [asdict(c) for c in gate.checks]}
     if intervals:
         out["intervals"] = {silo: i.to_dict() for silo, i in sorted(intervals.items())}
+    if gate.groups is not None:
+        out["groups"] = gate.groups.to_dict()
     return out
 
 
@@ -54,7 +58,9 @@ def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes:
     exchange = exchange_for(config, state)
     r = plan.round_number
     evaluation = sort_outcomes(outcomes)
-    candidate, champion, intervals, rejected, compute_s = {}, {}, {}, {}, 0.0
+    candidate, champion, intervals, groups, rejected, compute_s = {}, {}, {}, {}, {}, 0.0
+    personalised: dict[str, Metrics] = {}
+    wanted = config.gate.groups
     for silo, manifest in evaluation.manifests.items():
         result = manifest.result
         try:
@@ -64,17 +70,34 @@ def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes:
             if (report.federation, report.round, report.silo) != (config.federation, r, silo):
                 raise IntegrityError("report bound to another federation, round or silo")
             scored = _metrics(report.metrics["candidate"])
+            own = _metrics(report.metrics["personalised"]) if "personalised" in report.metrics else None
+            if config.personalisation is not None and own is None:
+                raise IntegrityError("no personalised metrics, the federation's config asks for them")
             before = _metrics(report.metrics["champion"]) if "champion" in report.metrics else None
             if report.intervals is not None and report.intervals.metric != config.gate.metric:
                 raise IntegrityError(f"intervals of {report.intervals.metric}, the gate's metric is {config.gate.metric}")
+            if wanted is not None:
+                g = report.groups
+                if g is None:
+                    raise IntegrityError(f"no group counts for gate.groups.column {wanted.column!r}")
+                if (g.column, g.threshold, g.min_group_size) != (wanted.column, wanted.threshold, wanted.min_group_size):
+                    raise IntegrityError(f"group counts of {g.column!r} at threshold {g.threshold} with groups of "
+                                         f"{g.min_group_size}+ rows, the gate asks for {wanted.column!r} at "
+                                         f"{wanted.threshold} with {wanted.min_group_size}+")
+                if sum(c.n for c in g.counts.values()) > scored.n:
+                    raise IntegrityError(f"group counts describe more rows than the {scored.n} of the holdout")
         except ExchangeError as exc:
             rejected[silo] = f"evaluation rejected: {exc}"
             continue
         candidate[silo] = scored
+        if own is not None:
+            personalised[silo] = own
         if report.intervals is not None:
             intervals[silo] = report.intervals
         if before is not None:
             champion[silo] = before
+        if wanted is not None:
+            groups[silo] = report.groups
         compute_s += result.compute_s
     if rejected:
         evaluation = evaluation.without(rejected)
@@ -86,6 +109,8 @@ def assess(config: FederationConfig, state: StateDir, plan: RoundPlan, outcomes:
         config.gate,
         gains={s: i.gain for s, i in intervals.items() if i.gain is not None},
         sizes={s: m.n for s, m in candidate.items()},
+        groups={s: g.counts for s, g in groups.items()},
+        suppressed={s: g.suppressed for s, g in groups.items()},
     )
     return Assessment(candidate=candidate, champion=champion, evaluation=evaluation, pooled=pooled(candidate),
-                      gate=gate, compute_s=compute_s, intervals=intervals)
+                      gate=gate, compute_s=compute_s, intervals=intervals, personalised=personalised)

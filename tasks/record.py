@@ -5,14 +5,17 @@ each report come from the report itself (`fl_core.messages`)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from fl_core.gate import GateDecision
+from fl_core.evaluation import pooled
+from fl_core.gate import GateDecision, GroupSummary
 from fl_core.messages import GateIntervals
+from fl_core.sampling import SiloSample
 from infra.config import FederationConfig
 from infra.exchange import exchange_for
 from infra.keystore import coordinator_identity
@@ -28,12 +31,19 @@ from tasks.plan import RoundPlan
 from validation.summary import ValidationSummary
 
 
-def round_metrics(aggregated: Aggregate, assessment: Assessment, timings: Mapping[str, float]) -> dict[str, float]:
-    """Every metric of a round, as the job run and the round run log it (step = round)."""
+def round_metrics(aggregated: Aggregate, assessment: Assessment, timings: Mapping[str, float],
+                  sample: SiloSample | None = None) -> dict[str, float]:
+    """Every metric of a round, as the job run and the round run log it (step = round); with silo
+    sampling, how many of how many eligible silos were drawn to train (`silos.sampled`, ...)."""
     metrics: dict[str, float] = {f"global.{k}": v for k, v in assessment.pooled.items()}
     for silo, m in assessment.candidate.items():
         for name in ("accuracy", "roc_auc", "log_loss"):
             metrics[f"silo.{silo}.{name}"] = m.get(name)
+    for silo, m in assessment.personalised.items():  # the silo's fine-tuned candidate, on its own holdout
+        for name in ("accuracy", "roc_auc", "log_loss"):
+            metrics[f"silo.{silo}.personalised.{name}"] = m.get(name)
+    if assessment.personalised:
+        metrics.update({f"personalised.{k}": v for k, v in pooled(assessment.personalised).items()})
     training = aggregated.training
     for silo in training.manifests:
         metrics.update(training.train(silo).metrics(silo))
@@ -45,11 +55,17 @@ def round_metrics(aggregated: Aggregate, assessment: Assessment, timings: Mappin
         metrics.update(aggregated.anomaly.metrics())
     metrics["silos.in"] = float(len(training.silos_in))
     metrics["silos.out"] = float(len(training.out))
+    if sample is not None:
+        metrics.update(sample.metrics())
     if aggregated.secure is not None:
         metrics.update(aggregated.secure.metrics())
     metrics["gate.passed"] = 1.0 if assessment.gate.passed else 0.0
     for check in assessment.gate.checks:
         metrics[f"gate.{check.name}"] = check.value
+    if assessment.gate.groups is not None:  # each silo's own differences (NaN, i.e. not logged, where withheld)
+        for silo, d in assessment.gate.groups.silos.items():
+            metrics[f"silo.{silo}.parity"] = d.parity
+            metrics[f"silo.{silo}.odds"] = d.odds
     metrics.update({f"time.{k}": v for k, v in timings.items()})
     return metrics
 
@@ -70,6 +86,40 @@ def intervals_tag(intervals: Mapping[str, GateIntervals], limit: int = 4000) -> 
     return line if len(line) <= limit else line[:limit - 30] + " … (all in gate.json)"
 
 
+def groups_tag(groups: GroupSummary, limit: int = 4000) -> str:
+    """The group checks' numbers on one line: the federation's rates per group (from the summed
+    counts), then each silo's differences, reported rows per group and withheld groups (cut at
+    `limit` characters; the round's gate.json artifact has every count)."""
+
+    def number(value: float) -> str:
+        return "—" if math.isnan(value) else f"{value:.3f}"
+
+    def rates(counts, d) -> str:
+        return ", ".join(f"{g} n={c.n} positive rate {number(d.rates[g]['selection'])} TPR {number(d.rates[g]['tpr'])} "
+                         f"FPR {number(d.rates[g]['fpr'])}" for g, c in counts.items())
+
+    f = groups.federation
+    parts = [f"{groups.column} at p >= {groups.threshold:g}, groups under {groups.min_group_size} rows withheld: "
+             f"federation parity {number(f.parity)} odds {number(f.odds)} ({rates(groups.counts, f) or 'no groups'})"]
+    for silo, d in sorted(groups.silos.items()):
+        counts = groups.silo_counts[silo]
+        withheld = groups.suppressed.get(silo, 0)
+        text = f"{silo} parity {number(d.parity)} odds {number(d.odds)}"
+        text += f" ({', '.join(f'{g} n={c.n}' for g, c in counts.items())})" if counts else ""
+        text += f", {withheld} withheld" if withheld else ""
+        parts.append(text)
+    line = "; ".join(parts)
+    return line if len(line) <= limit else line[:limit - 30] + " … (all in gate.json)"
+
+
+def sample_tags(sample: SiloSample | None) -> dict[str, str]:
+    """The round's draw of trainers as tags (none without ``aggregation.silos_per_round``)."""
+    if sample is None:
+        return {}
+    return {f"{TAG}sampled": ",".join(sample.sampled) or "none", f"{TAG}sample": f"{sample.k} of {sample.n}",
+            f"{TAG}sample_rate": f"{sample.rate:.6g}"}
+
+
 def lineage_tags(
     config: FederationConfig, plan: RoundPlan, aggregated: Aggregate, gate: GateDecision, fingerprints: dict,
     job_run_id: str, intervals: Mapping[str, GateIntervals] | None = None,
@@ -85,6 +135,7 @@ def lineage_tags(
         f"{TAG}silos_in": ",".join(training.silos_in),
         f"{TAG}silos_out": json.dumps(training.out, sort_keys=True) if training.out else "none",
         f"{TAG}roster_version": str(plan.roster_version),
+        **sample_tags(plan.sample),
         f"{TAG}config_hash": config.config_hash(),
         f"{TAG}contract_hash": config.contract.contract_hash(),
         f"{TAG}code_version": code_version(),
@@ -113,6 +164,8 @@ def lineage_tags(
         lineage[f"{TAG}gate.{check.name}"] = f"{'pass' if check.passed else 'FAIL'}: {check.detail}"
     if intervals:
         lineage[f"{TAG}gate.intervals"] = intervals_tag(intervals)
+    if gate.groups is not None:
+        lineage[f"{TAG}gate.groups"] = groups_tag(gate.groups)
     for silo, fp in fingerprints.items():
         lineage[f"{TAG}data.{silo}"] = json.dumps(fp, sort_keys=True)
     return lineage
@@ -147,11 +200,14 @@ def record_round(
         "parent_version": plan.parent_version,
         "roster_version": plan.roster_version,
         "silos_in": training.silos_in,
-        "silos_out": training.out,
+        "silos_out": training.out,  # trainers that sat out or dropped; silos not sampled are in "sample"
+        "sample": plan.sample.to_dict() if plan.sample is not None else None,
         "evaluated": assessment.evaluation.silos_in,
         "evaluation_out": assessment.evaluation.out,
         "train": {
-            s: {"n_samples": t.n_samples, "steps": t.steps, "train_loss": t.train_loss}
+            s: {"n_samples": t.n_samples, "steps": t.steps, "train_loss": t.train_loss,
+                **({"planned_steps": t.planned_steps} if t.planned_steps is not None else {}),
+                **({"weight": t.weight} if t.weight is not None else {})}
             for s, t in ((s, training.train(s)) for s in training.manifests)
         },
         "privacy": {s: p.to_dict() for s, p in aggregated.spent.items()},  # every silo that trained, in the sum or not
@@ -159,6 +215,7 @@ def record_round(
         "anomaly": aggregated.anomaly.to_dict() if aggregated.anomaly is not None else None,
         "metrics": {s: m.to_dict() for s, m in assessment.candidate.items()},
         "champion_metrics": {s: m.to_dict() for s, m in assessment.champion.items()},
+        "personalised_metrics": {s: m.to_dict() for s, m in assessment.personalised.items()},
         "champion_version_before": plan.champion_version,
         "pooled": assessment.pooled,
         "secure": aggregated.secure.to_dict() if aggregated.secure is not None else None,
@@ -171,7 +228,8 @@ def record_round(
 
     round_run = tracker.start_round(
         job_run_id, r, name=f"{config.federation}/r{r:03d}",
-        tags={f"{TAG}gate": lineage[f"{TAG}gate"], f"{TAG}silos_in": lineage[f"{TAG}silos_in"]},
+        tags={f"{TAG}gate": lineage[f"{TAG}gate"], f"{TAG}silos_in": lineage[f"{TAG}silos_in"],
+              **sample_tags(plan.sample)},
     )
     try:
         tracker.log_json(round_run, "gate.json", record["gate"])
@@ -191,7 +249,7 @@ def record_round(
         record["champion_version"] = version if gate.passed else plan.champion_version
         timings = {k: v for k, v in timings.items() if k != "started_at"} | {"round_s": time.time() - timings["started_at"]}
         record["timings"] = timings
-        metrics = round_metrics(aggregated, assessment, timings)
+        metrics = round_metrics(aggregated, assessment, timings, plan.sample)
         tracker.log_metrics(job_run_id, metrics, step=r)
         tracker.log_metrics(round_run, metrics, step=r)
         tracker.set_tags(round_run, {f"{TAG}version": version})

@@ -45,7 +45,7 @@ class Bucket:
 
     instance: Instance
     ctx: RoundContext
-    weight_scale: float = 1.0  # the largest n_samples in U1: weights travel as n / weight_scale
+    weight_scale: float = 1.0  # the largest weight in U1 (n_samples, or q-FFL's): weights travel as w / weight_scale
     identities: dict[str, bytes] = field(default_factory=dict, repr=False)
     adverts: server.Adverts | None = None
     advert_envelopes: dict[str, dict] = field(default_factory=dict, repr=False)  # U1's, as their senders signed them
@@ -168,14 +168,19 @@ def _quorum(config: FederationConfig, sr: SecureRound, silos: list[str], phase: 
 
 @task(name="secure-open", task_run_name="secure-open", cache_policy=NONE, persist_result=False)
 def secure_open(config: FederationConfig, state: StateDir, plan: RoundPlan) -> SecureRound:
-    """Publish the round's signed plan: the roster's silos and threshold, or the buckets with theirs;
-    vector length; clipping and quantisation; silo-level DP."""
+    """Publish the round's signed plan: the silos in the sum (the roster's, or those sampled of them,
+    with the eligible silos they were drawn from, so that every silo can redo the draw) and the
+    threshold, or the buckets with theirs; vector length; clipping and quantisation; silo-level DP.
+    Silos not sampled are in no instance of the protocol."""
     policy, r = config.policy(), plan.round_number
-    require_quorum(list(plan.silos), plan.absent, policy.min_silos, f"round {r} roster")
-    instances = policy.instances(r, plan.silos)
-    whole = Bucket.of(config.federation, r, Instance(index=None, silos=tuple(plan.silos),
-                                                     threshold=policy.secure.threshold_for(len(plan.silos))))
-    body: dict = {"roster": list(plan.silos)}
+    trainers = list(plan.trainers)
+    require_quorum(trainers, plan.absent, policy.min_silos, f"round {r} roster")
+    instances = policy.instances(r, trainers)
+    whole = Bucket.of(config.federation, r, Instance(index=None, silos=tuple(trainers),
+                                                     threshold=policy.secure.threshold_for(len(trainers))))
+    body: dict = {"roster": trainers}
+    if plan.sample is not None:
+        body["sample"] = {"eligible": list(plan.sample.eligible), "silos_per_round": plan.sample.per_round}
     if policy.mode == "bucketed":
         body["buckets"] = [{"silos": list(i.silos), "threshold": i.threshold} for i in instances]
         get_run_logger().info("round %d buckets: %s", r, "; ".join(f"{i.name} {','.join(i.silos)}" for i in instances))
@@ -206,7 +211,7 @@ def secure_keys(config: FederationConfig, state: StateDir, sr: SecureRound, outc
         present = [s for s in got.silos_in if s in bucket.ctx.roster]
         envelopes = bucket.channel(exchange).read(client.KEYS, present)
         adverts = server.collect_adverts(bucket.ctx, envelopes, identities)
-        scale = config.policy().weight_scale_for([got.train(s).n_samples for s in adverts.u1])
+        scale = config.policy().weight_scale_for([got.train(s).aggregation_weight for s in adverts.u1])
         return replace(bucket, adverts=adverts, identities={s: identities[s] for s in adverts.u1}, weight_scale=scale,
                        advert_envelopes={s: envelopes[s].to_dict() for s in adverts.u1}), adverts.rejected
 
@@ -307,7 +312,7 @@ def secure_unmask(config: FederationConfig, state: StateDir, sr: SecureRound, pl
     rng = noise_rng()  # central silo-level DP's noise, if any
     inputs = [policy.decode(b.instance, results[b.name].total, b.weight_scale, results[b.name].survivors, rng)
               for b in sr.buckets]
-    merged = policy.merge(inputs, plan.anomaly_streaks, rng)
+    merged = policy.merge(inputs, plan.anomaly_streaks, rng, plan.sample_rate)
     weights = {c.name: c.weight for c in inputs}  # Σ n_samples of each bucket's survivors
     del inputs
     log_anomaly(r, merged, per_silo=False)

@@ -16,7 +16,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NONE
 
-from fl_core.errors import BadSignature, ConfigError, StateError, WrongSender
+from fl_core.errors import BadSignature, ConfigError, MalformedMessage, StateError, WrongSender
 from fl_core.messages import ProtocolResult
 from fl_core.secagg import client, crypto
 from fl_core.secagg.client import RoundContext
@@ -30,10 +30,12 @@ from infra.state import StateDir
 
 class ProtocolSession:
     """The round as this silo sees it, after checking the coordinator's plan against its own config
-    (clip, bits, silo-level DP). In bucketed mode the silo recomputes the round's seeded buckets
-    itself and refuses a plan that places it otherwise (so a coordinator cannot hand-pick a bucket
-    around one silo); it then talks only to its bucket's instance of the protocol. Built once per
-    round, when the silo advertises its keys, and kept for the later steps."""
+    (clip, bits, silo-level DP). With ``aggregation.silos_per_round`` the silo redoes the round's
+    seeded draw from the eligible silos the plan names and refuses a plan whose sum holds other silos
+    (so a coordinator cannot hand-pick who is summed with whom). In bucketed mode the silo recomputes
+    the round's seeded buckets itself and refuses a plan that places it otherwise (so a coordinator
+    cannot hand-pick a bucket around one silo); it then talks only to its bucket's instance of the
+    protocol. Built once per round, when the silo advertises its keys, and kept for the later steps."""
 
     def __init__(self, config: FederationConfig, silo_id: str, round_number: int, attempt: str, state: StateDir,
                  exchange: Exchange, coordinator: bytes):
@@ -58,6 +60,7 @@ class ProtocolSession:
         roster = tuple(plan["roster"])
         if silo_id not in roster:
             raise WrongSender(f"the coordinator's plan for round {round_number} does not list {silo_id}")
+        self._check_sample(plan, roster)
         expected = self.policy.instances(round_number, roster)
         if self.policy.mode == "bucketed" or "buckets" in plan:
             announced = [{"silos": list(i.silos), "threshold": i.threshold} for i in expected]
@@ -79,6 +82,31 @@ class ProtocolSession:
         self.secrets = RoundSecrets(state, silo_id, config.federation, round_number, attempt)
         self.secrets.forget_other_attempts()  # an interrupted attempt's run, if still going, stops here
         self._identities: tuple[dict, dict[str, bytes]] | None = None
+
+    def _check_sample(self, plan: dict, roster: tuple[str, ...]) -> None:
+        """The plan's sum holds exactly the silos this silo's own config draws from the eligible ones."""
+        r, k, sample = self.round_number, self.policy.silos_per_round, plan.get("sample")
+        if k is None:
+            if sample is not None:
+                raise ConfigError(f"the coordinator's plan for round {r} samples silos ({sample}); this silo's config "
+                                  "trains every silo each round")
+            return
+        if not isinstance(sample, dict):
+            raise ConfigError(f"the coordinator's plan for round {r} samples no silos; this silo's config draws "
+                              f"silos_per_round = {k}")
+        eligible = sample.get("eligible")
+        if not isinstance(eligible, list) or not all(isinstance(s, str) for s in eligible):
+            raise MalformedMessage(f"plan: field 'sample.eligible' must be a list of silo ids, got {eligible!r}"[:200])
+        if sample.get("silos_per_round") != k:
+            raise ConfigError(f"the coordinator's plan for round {r} draws silos_per_round = "
+                              f"{sample.get('silos_per_round')}, this silo's config {k}")
+        try:
+            drawn = self.policy.sample(r, eligible).sampled
+        except ValueError as exc:
+            raise MalformedMessage(f"plan: field 'sample.eligible': {exc}") from None
+        if tuple(sorted(roster)) != drawn:
+            raise ConfigError(f"the coordinator's silos for round {r} ({', '.join(roster)}) differ from the seeded draw "
+                              f"of {k} of {len(eligible)} eligible silos this silo's config gives ({', '.join(drawn)})")
 
     def read_set(self, name: str) -> dict:
         return self.channel.read_set(name, self.coordinator, self.ctx.federation)
@@ -133,11 +161,11 @@ def mask_update(session: ProtocolSession, silo_id: str) -> ProtocolResult:
     u1, _ = session.identities()
     u2 = session.read_set("u2")["u2"]
     forwarded = session.channel.read_forwarded(silo_id, session.coordinator, session.ctx.federation)
-    delta, n_samples = session.secrets.load_update()
+    delta, weight = session.secrets.load_update()
     if len(delta) != session.policy.update_length:
         raise StateError(f"this silo's update has {len(delta)} values, the round's updates {session.policy.update_length}")
     rng = numpy_rng(derive_seed(session.config.seed, "quantize", session.round_number, silo_id))
-    codes, clipped = session.policy.encode(delta, n_samples, float(u1["weight_scale"]), rng,
+    codes, clipped = session.policy.encode(delta, weight, float(u1["weight_scale"]), rng,
                                            session.secrets.load_noise())
     client_state, envelope, masked = client.masked_input(
         session.ctx, session.secrets.load_state(), session.identity, u2, forwarded, codes

@@ -28,7 +28,7 @@ from fl_core.models import build_model
 from fl_core.objectives import correction, scaffold_silo_control
 from fl_core.params import flatten, load_flat_inplace
 from fl_core.seeding import derive_seed, numpy_rng
-from fl_core.training import train_local
+from fl_core.training import WorkBudget, train_local
 from infra.config import FederationConfig
 from infra.controls import ControlStore
 from infra.exchange import exchange_for
@@ -133,14 +133,25 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
         get_run_logger().warning("EXPERIMENT: this silo runs the %s attack named in the config", attack.kind)
         attack_rng = numpy_rng(derive_seed(config.seed, "attack", round_number, silo_id))
         x, y = Adversary(attack).poison_data(silo_id, x, y, attack_rng)
+    weight = None
+    if config.aggregation.qffl is not None:  # q-FFL: the silo's loss at the global model, before it trains
+        from fl_core.qffl import mean_loss, qffl_weight
+
+        weight = qffl_weight(len(y), mean_loss(model, x, y), config.aggregation.qffl)
+    budget = WorkBudget.seconds(spec.time_budget_s)  # from the start of training: a straggler's partial work
     if policy is None:
-        result = train_local(model, x, y, spec, seed=seed, correction=corr)
+        result = train_local(model, x, y, spec, seed=seed, correction=corr, budget=budget)
     else:
-        result, privacy = _train_private(config, silo_id, round_number, policy, model, x, y, seed, state, corr)
+        result, privacy = _train_private(config, silo_id, round_number, policy, model, x, y, seed, state, corr,
+                                         budget)
+    if result.partial:
+        get_run_logger().warning("time budget of %gs spent: contributing %d of %d planned steps",
+                                 spec.time_budget_s, result.steps, result.planned)
     local = evaluate(model, data.x_holdout, data.y_holdout)
     report = TrainResult(n_samples=result.n_samples, steps=result.steps, train_loss=result.mean_loss,
                          local_metrics={k: float(v) for k, v in local.to_dict().items()},
-                         compute_s=time.perf_counter() - began, privacy=privacy)
+                         compute_s=time.perf_counter() - began, privacy=privacy,
+                         planned_steps=result.planned if result.partial else None, weight=weight)
     trained = flatten(model)
     delta = trained - start
     if attack is not None:
@@ -151,15 +162,19 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
 
 
 def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, x, y, seed: int,
-                   state: StateDir, corr=None):
+                   state: StateDir, corr=None, budget=None):
     """DP-SGD under the silo's ledger: refuse (BudgetExceeded) before training if the round would
-    pass the budget; charge the ledger only once training has succeeded."""
+    pass the budget; charge the ledger only once training has succeeded, for the steps it took
+    (fewer than planned when the time budget ran out)."""
     store = LedgerStore(state, silo_id, config.federation)
     ledger = store.open(policy.budget)
     n = len(y)
     dpsgd = policy.dpsgd(n, config.training)
     charged = ledger.charge(round_number, round_event(n, config.training, dpsgd.noise_multiplier))  # raises if over
-    result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator(), correction=corr)
+    result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator(), correction=corr,
+                            budget=budget)
+    if result.partial:  # fewer steps cost less than the planned round, which the ledger could already afford
+        charged = ledger.charge(round_number, result.event)
     store.save(charged)
     privacy = PrivacyRelease(
         epsilon=charged.charges[-1].epsilon_after,  # computed by the charge, not again
@@ -193,7 +208,7 @@ def train_silo(
         # Distributed DP: this silo's noise share is drawn now, off the masked phase's critical path
         # (it depends only on the federation's settings), and kept with the update until masking.
         noise = policy.noise_share(noise_rng())
-        RoundSecrets(state, silo_id, config.federation, round_number, attempt).save_update(delta, report.n_samples,
+        RoundSecrets(state, silo_id, config.federation, round_number, attempt).save_update(delta, report.aggregation_weight,
                                                                                           noise)
         return report
     exchange = exchange_for(config, state)
@@ -204,12 +219,49 @@ def train_silo(
     return replace(report, update=ref)
 
 
+def _personalised(config: FederationConfig, silo_id: str, round_number: int, candidate_ref: ObjectRef,
+                  candidate, data: SiloData, state: StateDir) -> dict[str, float]:
+    """The holdout metrics of this silo's personalised model: the candidate fine-tuned on the
+    silo's training rows (`fl_core.personalise`), its weights kept in the silo's state folder. Under
+    record-level DP the fine-tuning is DP-SGD, refused (BudgetExceeded) if the ledger cannot pay for
+    it and charged once it is done. A redone evaluation of the same candidate reuses the model."""
+    from fl_core.personalise import personalise
+    from infra.personal import PersonalStore
+
+    store = PersonalStore(state, silo_id, config.federation)
+    known = store.metrics(round_number, candidate_ref.sha256)
+    if known is not None:
+        return known
+    spec, personal = config.training, config.personalisation
+    model = build_model(config.model, data.x_train.shape[1], seed=0)
+    load_flat_inplace(model, flatten(candidate))
+    seed = derive_seed(config.seed, "personal", round_number, silo_id)
+    privacy = config.silo(silo_id).privacy
+    if privacy is None:
+        personalise(model, data.x_train, data.y_train, spec, personal, seed)
+    else:
+        ledgers = LedgerStore(state, silo_id, config.federation)
+        ledger = ledgers.open(privacy.budget)
+        tuning = personal.train_spec(spec)
+        dpsgd = privacy.dpsgd(len(data.y_train), tuning)
+        ledger.charge(round_number, round_event(len(data.y_train), tuning, dpsgd.noise_multiplier))  # raises if over
+        result = personalise(model, data.x_train, data.y_train, spec, personal, seed, dp=dpsgd, noise=noise_generator())
+        ledgers.save(ledger.charge(round_number, result.event))
+    metrics = {k: float(v) for k, v in evaluate(model, data.x_holdout, data.y_holdout).to_dict().items()}
+    store.save(round_number, flatten(model), candidate_ref.sha256, metrics)
+    return metrics
+
+
 @task(name="evaluate", task_run_name="{silo_id}/evaluate", cache_policy=NONE, persist_result=False)
 def evaluate_models(
     config: FederationConfig, silo_id: str, round_number: int, models: Mapping[str, ObjectRef], data: SiloData,
     state: StateDir,
 ) -> EvaluateResult:
-    """Score each named model (candidate, champion) on the silo's holdout; publish the report."""
+    """Score each named model (candidate, champion) on the silo's holdout; publish the report.
+
+    With ``gate.groups``, the report also carries the candidate's confusion counts per group of the
+    sensitive column, small cells withheld (`fl_core.fairness.reportable`); the rows' group labels
+    never leave the silo."""
     exchange = exchange_for(config, state)
     n_inputs = data.x_holdout.shape[1]
     began = time.perf_counter()
@@ -218,14 +270,30 @@ def evaluate_models(
         model, _ = _load_model(config, exchange, ref, n_inputs, expect={"federation": config.federation, "phase": "global"})
         predictions[name] = predict_proba(model, data.x_holdout)
         metrics[name] = {k: float(v) for k, v in scores(data.y_holdout, predictions[name]).to_dict().items()}
+        if name == "candidate" and config.personalisation is not None:
+            metrics["personalised"] = _personalised(config, silo_id, round_number, ref, model, data, state)
     # The gate's intervals: both models on the same resamples of this silo's holdout rows (paired).
     gate = config.gate
     score, gain = paired_intervals(gate.metric, data.y_holdout, predictions["candidate"], predictions.get("champion"),
                                    numpy_rng(derive_seed(config.seed, "bootstrap", round_number, silo_id)),
                                    replicates=gate.bootstrap, confidence=gate.confidence)
+    groups = None
+    if gate.groups is not None:
+        from fl_core.fairness import group_counts, reportable
+        from fl_core.messages import GroupReport
+
+        spec = gate.groups
+        labels = data.holdout_groups.get(spec.column)
+        if labels is None:
+            raise DataError(f"silo {silo_id}: no group labels for gate.groups.column {spec.column!r}")
+        counts = group_counts(data.y_holdout, predictions["candidate"], labels, threshold=spec.threshold)
+        unassigned = int(sum(1 for v in labels if v is None))
+        kept, withheld = reportable(counts, spec.min_group_size, unassigned=unassigned)
+        groups = GroupReport(column=spec.column, threshold=spec.threshold, min_group_size=spec.min_group_size,
+                             counts=kept, suppressed=withheld)
     compute_s = time.perf_counter() - began
     report = EvaluationReport(federation=config.federation, round=round_number, silo=silo_id, metrics=metrics,
                               intervals=GateIntervals(metric=gate.metric, confidence=gate.confidence, candidate=score,
-                                                      gain=gain))
+                                                      gain=gain), groups=groups)
     ref = exchange.put_json(exchange.evaluation_key(round_number, silo_id), report.to_dict())
     return EvaluateResult(report=ref, compute_s=compute_s)

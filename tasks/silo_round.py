@@ -122,6 +122,10 @@ class SiloRound:
         global_ref = order.refs.get("global")
         if global_ref is None:
             raise SecAggError("the coordinator's train order names no global model")
+        if self.config.policy().is_secure:
+            # the coordinator's plan (its sum's silos and draw, buckets, clip, DP) is checked before
+            # training: a silo spends no compute, and none of its record-level budget, on a plan it refuses
+            self._protocol()
         result = train_silo(quote(self.config), self.silo, self.round_number, self.attempt, global_ref, quote(data),
                             self.state, order.refs.get("server"))
         if isinstance(result, Refused):  # the silo's privacy budget: nothing was trained or charged

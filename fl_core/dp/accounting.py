@@ -3,7 +3,8 @@
 One DP-SGD step (record level: Abadi et al., "Deep Learning with Differential Privacy", CCS 2016)
 and one DP-FedAvg round (silo level: McMahan et al., "Learning Differentially Private Recurrent
 Language Models", ICLR 2018) are both a Gaussian mechanism of noise multiplier z applied to a
-Poisson sample of rate q. A ledger is a list of `GaussianEvent` (z, q, steps); `epsilon` composes
+Poisson sample of rate q (fedsilo's silo sampling draws exactly k of n silos and is charged at
+q = k / n, an approximation of this: see `fl_core.round_policy.SiloLevel`). A ledger is a list of `GaussianEvent` (z, q, steps); `epsilon` composes
 them with one of two accountants, both from Opacus:
 
 - ``rdp``: Rényi DP of the sampled Gaussian mechanism (Mironov, "Rényi Differential Privacy",

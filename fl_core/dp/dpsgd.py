@@ -34,6 +34,7 @@ from torch import nn
 
 from fl_core.dp.accounting import GaussianEvent
 from fl_core.errors import PrivacyError, TrainingError
+from fl_core.models import output_classes
 from fl_core.objectives import Correction
 from fl_core.seeding import torch_rng
 from fl_core.specs import (  # noqa: F401 (re-exported: the specs live without torch)
@@ -44,7 +45,7 @@ from fl_core.specs import (  # noqa: F401 (re-exported: the specs live without t
     sample_rate,
     steps_per_round,
 )
-from fl_core.training import TrainSpec, _optimizer, training_tensors
+from fl_core.training import TrainSpec, WorkBudget, _optimizer, classification_loss, logits, training_tensors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,9 +53,14 @@ class DPTrainResult:
     n_samples: int
     steps: int
     mean_loss: float
-    event: GaussianEvent
+    event: GaussianEvent  # what the round cost: its steps are those taken, fewer than planned if a budget ended it
     clipped_fraction: float  # of the per-sample gradients, over the round
     clipping: str  # the mode that ran: "hooks" or "ghost"
+    planned: int = 0  # the steps the round was planned (and its budget checked) for
+
+    @property
+    def partial(self) -> bool:
+        return self.steps < self.planned
 
 
 def noise_generator() -> torch.Generator:
@@ -106,7 +112,8 @@ def clipping_mode(model: nn.Module, requested: str = "auto", *, batch_size: floa
 # A mode's setup returns (wrapped module, DP optimiser, step): step(features, labels) runs the
 # forward and backward passes for one batch and leaves the clipped, summed gradient for the
 # optimiser; it returns the summed loss and the per-sample gradient norms before clipping.
-def _hooks_mode(model: nn.Module, spec: TrainSpec, dp: DPSGDSpec, clip: float, noise: torch.Generator):
+def _hooks_mode(model: nn.Module, spec: TrainSpec, dp: DPSGDSpec, clip: float, noise: torch.Generator,
+                classes: int = 2):
     """Opacus's hooks: per-sample gradients in `p.grad_sample`, clipped and summed by DPOptimizer."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -114,24 +121,26 @@ def _hooks_mode(model: nn.Module, spec: TrainSpec, dp: DPSGDSpec, clip: float, n
     wrapped = GradSampleModule(model, loss_reduction="sum")
     optimizer = DPOptimizer(_optimizer(model, spec), noise_multiplier=dp.noise_multiplier, max_grad_norm=clip,
                             expected_batch_size=1, loss_reduction="mean", generator=noise)
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    loss_fn = classification_loss(classes, reduction="sum")
 
     def step(features: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
-        loss = loss_fn(wrapped(features).squeeze(-1), labels)
+        loss = loss_fn(logits(wrapped(features), classes), labels)
         loss.backward()
+        trained = [p for p in model.parameters() if p.requires_grad]  # frozen layers (personalisation) have none
         if len(labels):
-            norms = torch.stack([p.grad_sample.reshape(len(labels), -1).norm(2, dim=1) for p in model.parameters()],
+            norms = torch.stack([p.grad_sample.reshape(len(labels), -1).norm(2, dim=1) for p in trained],
                                 dim=1).norm(2, dim=1)
         else:  # an empty sample: no per-sample gradients, still a noisy step
             norms = torch.zeros(0)
-            for p in model.parameters():
+            for p in trained:
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
         return float(loss.detach()), norms
 
     return wrapped, optimizer, step
 
 
-def _ghost_mode(model: nn.Module, spec: TrainSpec, dp: DPSGDSpec, clip: float, noise: torch.Generator):
+def _ghost_mode(model: nn.Module, spec: TrainSpec, dp: DPSGDSpec, clip: float, noise: torch.Generator,
+                classes: int = 2):
     """Opacus's fast gradient clipping with ghost norms (Li et al., "Large Language Models Can Be
     Strong Differentially Private Learners", ICLR 2022; Bu et al., "Differentially Private
     Optimization on Large Model at Small Cost", ICML 2023): a first backward pass computes only the
@@ -154,12 +163,12 @@ def _ghost_mode(model: nn.Module, spec: TrainSpec, dp: DPSGDSpec, clip: float, n
         _optimizer(model, spec), noise_multiplier=dp.noise_multiplier, max_grad_norm=clip, expected_batch_size=1,
         loss_reduction="mean", generator=noise,
     )
-    loss_fn = DPLossFastGradientClipping(wrapped, optimizer, nn.BCEWithLogitsLoss(reduction="mean"),
+    loss_fn = DPLossFastGradientClipping(wrapped, optimizer, classification_loss(classes, reduction="mean"),
                                          loss_reduction="mean")
 
     def step(features: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         # An empty sample works as is: no rows, no norms, a zero gradient, still a noisy step.
-        loss = loss_fn(wrapped(features).squeeze(-1), labels)
+        loss = loss_fn(logits(wrapped(features), classes), labels)
         loss.backward()
         # Opacus keeps the norms the clip factors came from (also in each parameter's `_norm_sample`).
         return float(loss.loss_per_sample.detach().sum()), wrapped.per_sample_gradient_norms
@@ -188,7 +197,7 @@ def _strip_opacus_state(model: nn.Module) -> None:
 
 def train_local_dp(
     model: nn.Module, x: np.ndarray, y: np.ndarray, spec: TrainSpec, dp: DPSGDSpec, seed: int,
-    noise: torch.Generator, correction: Correction | None = None,
+    noise: torch.Generator, correction: Correction | None = None, budget: WorkBudget | None = None,
 ) -> DPTrainResult:
     """Train `model` in place with DP-SGD; the model keeps no Opacus hooks or per-sample state.
     `correction` (`fl_core.objectives`: FedProx, SCAFFOLD) is added to each step's gradient after
@@ -197,23 +206,30 @@ def train_local_dp(
 
     Both clipping modes run the same Poisson batches (from `torch_rng(seed)`), clip the same way,
     draw the same noise from `noise` in the same order (one normal tensor per parameter, in
-    parameter order) and divide by the same q·n, so they agree up to float reassociation."""
-    features, labels = training_tensors(x, y)
+    parameter order) and divide by the same q·n, so they agree up to float reassociation.
+
+    `budget` may end the round early (a straggler's partial work): the result's event then counts
+    the steps taken, which is what the round cost in privacy (each step is one sampled Gaussian
+    mechanism; steps not taken released nothing)."""
+    classes = output_classes(model)
+    features, labels = training_tensors(x, y, classes)
     n = len(labels)
     event = round_event(n, spec, dp.noise_multiplier)
     expected = event.sample_rate * n
     mode = clipping_mode(model, dp.clipping, batch_size=expected)
     clip = min(dp.max_grad_norm, sys.float_info.max)  # clip factor 1 and noise std 0 when C = ∞, σ = 0
-    wrapped, optimizer, step = _MODES[mode](model, spec, dp, clip, noise)
+    wrapped, optimizer, step = _MODES[mode](model, spec, dp, clip, noise, classes)
     # Opacus divides by an integer expected batch size; keep the exact q·n instead.
     optimizer.expected_batch_size = expected
     if correction is not None:
         parameters = list(model.parameters())
         optimizer.step_hook = lambda _optimizer: correction.apply(parameters)
     wrapped.train()
-    total, seen, clipped = 0.0, 0, 0
+    total, seen, clipped, steps = 0.0, 0, 0, 0
     try:
         for index in poisson_batches(n, event.sample_rate, event.steps, torch_rng(seed)):
+            if budget is not None and not budget.allows(steps):
+                break
             optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # Opacus's hooks on a first layer whose input needs no grad
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -222,12 +238,14 @@ def train_local_dp(
             optimizer.step()
             total += loss
             seen += len(index)
+            steps += 1
     finally:
         wrapped._close()
         _strip_opacus_state(model)
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise TrainingError(f"DP training diverged (non-finite weights) at lr={spec.lr}")
+    taken = event if steps == event.steps else GaussianEvent(event.noise_multiplier, event.sample_rate, steps)
     return DPTrainResult(
-        n_samples=n, steps=event.steps, mean_loss=total / max(seen, 1), event=event,
-        clipped_fraction=clipped / max(seen, 1), clipping=mode,
+        n_samples=n, steps=steps, mean_loss=total / max(seen, 1), event=taken,
+        clipped_fraction=clipped / max(seen, 1), clipping=mode, planned=event.steps,
     )

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
-from fl_core.dp.accounting import Event, Method, epsilon, event_from_dict
+from fl_core.dp.accounting import Event, GaussianEvent, Method, epsilon, event_from_dict
 from fl_core.errors import BudgetExceeded, LedgerCorrupt, PrivacyError
 
 FORMAT = "fedsilo-privacy-ledger/v1"
@@ -72,6 +72,16 @@ class Ledger:
 
     def spent(self) -> float:
         return epsilon(self.events, self.budget.delta, self.budget.accountant)
+
+    def spent_without_sampling(self) -> float:
+        """ε with every charge taken at sampling rate 1: what a party that knows who was sampled in
+        each round can be held to. The sampled Gaussian's amplification treats the sample as secret;
+        for any sample that does not depend on the data, each round is at most the plain Gaussian
+        mechanism (Rényi and hockey-stick divergences of mixtures over the same samples are bounded
+        by the worst sample: joint quasi-convexity), so this is a bound for every observer."""
+        events = [replace(e, sample_rate=1.0) if isinstance(e, GaussianEvent) and 0 < e.sample_rate < 1 else e
+                  for e in self.events]
+        return epsilon(events, self.budget.delta, self.budget.accountant)
 
     def preview(self, event: Event) -> float:
         """The ε this ledger would reach with `event` charged."""

@@ -96,12 +96,13 @@ class SiloPrivacy:
     def budget(self) -> PrivacyBudget:
         return PrivacyBudget(self.epsilon, self.delta, self.accountant)
 
-    def resolved_noise_multiplier(self, rounds: int) -> float:
-        """z: as configured, or the smallest that keeps `rounds` full-participation rounds (q = 1)
-        within ``target_epsilon``."""
+    def resolved_noise_multiplier(self, rounds: int, sample_rate: float = 1.0) -> float:
+        """z: as configured, or the smallest that keeps `rounds` rounds within ``target_epsilon``,
+        each round charged at `sample_rate` (1 when every silo takes part in every round; k / n of
+        the roster when k silos are sampled per round, see `fl_core.round_policy.SiloLevel`)."""
         if self.noise_multiplier is not None:
             return self.noise_multiplier
-        return noise_for_epsilon(self.target_epsilon, self.delta, 1.0, rounds, self.accountant)
+        return noise_for_epsilon(self.target_epsilon, self.delta, float(sample_rate), rounds, self.accountant)
 
     def skellam_shares(self, rounds: int, scale: float, dimension: int, threshold: int) -> SkellamShares:
         """Distributed noise for this policy on a quantiser of `scale` integers per unit; with a

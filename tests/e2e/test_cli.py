@@ -128,6 +128,7 @@ def test_after_the_demo_no_earlier_version_beats_the_champion_beyond_the_gates_i
     overall interval, and the champion is the best of the promoted versions on the pooled holdouts."""
     from fl_core.bootstrap import paired_intervals
     from fl_core.evaluation import predict_proba, scores
+    from fl_core.fairness import group_counts, reportable
     from fl_core.gate import decide
     from fl_core.models import build_model
     from fl_core.params import load_flat_inplace
@@ -157,13 +158,20 @@ def test_after_the_demo_no_earlier_version_beats_the_champion_beyond_the_gates_i
         pooled[r] = records[r]["pooled"]["accuracy"]
         if r == champion_round:
             continue
-        gains, values, before = {}, {}, {}
+        gains, values, before, groups, withheld = {}, {}, {}, {}, {}
+        spec = config.gate.groups
         for s, d in holdouts.items():
             _, gains[s] = paired_intervals("accuracy", d.y_holdout, mine[s], best[s], np.random.default_rng(r),
                                            replicates=config.gate.bootstrap, confidence=config.gate.confidence)
             values[s] = scores(d.y_holdout, mine[s]).accuracy
             before[s] = scores(d.y_holdout, best[s]).accuracy
-        decision = decide(values, before, config.gate, gains=gains, sizes={s: len(d.y_holdout) for s, d in holdouts.items()})
+            if spec is not None:  # the group checks as the silos report them
+                labels = d.holdout_groups[spec.column]
+                counts = group_counts(d.y_holdout, mine[s], labels, threshold=spec.threshold)
+                groups[s], withheld[s] = reportable(counts, spec.min_group_size,
+                                                    unassigned=sum(v is None for v in labels))
+        decision = decide(values, before, config.gate, gains=gains, sizes={s: len(d.y_holdout) for s, d in holdouts.items()},
+                          groups=groups, suppressed=withheld)
         overall = next(c for c in decision.checks if c.name == "overall")
         assert not (decision.passed and overall.low > 0), (r, decision.summary(), overall)
     assert all(pooled[r] <= pooled[champion_round] + 1e-12 for r in promoted)

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from fl_core.errors import QuorumError, StateError
 from fl_core.simulation import SiloArrays, fedavg_rounds
@@ -284,6 +285,64 @@ def test_gate_failure_keeps_candidate_and_tags_the_reasons(federation, state_hom
     assert aliases(state_home) == {"candidate": str(version.version)}
 
 
+def _with_a_group_column(config_path, gate_groups) -> None:
+    """Give every silo a categorical column ``group``: "a" / "b" by the silo's median of f0 (so
+    predictions depend on it); on s0 three holdout rows of a small group "c" and three without a
+    group (missing); and declare it in the contract with the gate's group checks."""
+    config = load_config(config_path)
+    for silo in config.silo_ids:
+        path = config.silo_data_path(silo)
+        table = pq.read_table(path)
+        f0 = table.column("f0").to_numpy()
+        labels = np.where(f0 > np.median(f0), "a", "b").astype(object)
+        if silo == "s0":
+            holdout = np.flatnonzero(table.column("split").to_numpy(zero_copy_only=False) == "holdout")
+            labels[holdout[:3]] = "c"
+            labels[holdout[3:6]] = None
+        pq.write_table(table.append_column("group", pa.array(list(labels), type=pa.string())), path)
+    raw = yaml.safe_load(config_path.read_text())
+    raw["contract"]["features"].append({"name": "group", "dtype": "string", "categories": ["a", "b", "c"],
+                                        "max_missing": 0.1})
+    raw["gate"] = {**raw["gate"], "groups": gate_groups}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_silos_report_only_suppressed_group_counts_and_a_tight_parity_bound_blocks_promotion(federation, state_home):
+    config_path = federation(3)
+    _with_a_group_column(config_path, {"column": "group", "max_dp_difference": 0.0, "max_eo_difference": 1.0,
+                                       "min_group_size": 5})
+    record = train(config_path, rounds=1)["rounds"][0]
+
+    store = exchange(state_home)
+    reports = {s: store.read_json_key(store.evaluation_key(1, s)) for s in ("s0", "s1", "s2")}
+    for silo, report in reports.items():
+        groups = report["groups"]
+        assert (groups["column"], groups["min_group_size"], groups["threshold"]) == ("group", 5, 0.5)
+        assert set(groups["counts"]) == {"a", "b"}  # s0's 3 rows of "c" are withheld; its 3 rows without a group too
+        assert groups["suppressed"] == (1 if silo == "s0" else 0)
+        described = sum(c["n"] for c in groups["counts"].values())
+        assert described == report["metrics"]["candidate"]["n"] - (6 if silo == "s0" else 0)
+    gate = record["gate"]
+    pooled = gate["groups"]["federation"]["counts"]
+    for group in ("a", "b"):
+        assert pooled[group] == {k: sum(r["groups"]["counts"][group][k] for r in reports.values()) for k in pooled[group]}
+    parity = next(c for c in gate["checks"] if c["name"] == "parity")
+    assert not parity["passed"] and parity["value"] > 0.0 and parity["threshold"] == 0.0
+    assert "s0" in parity["detail"] and "(1 group withheld)" in parity["detail"]
+    assert next(c for c in gate["checks"] if c["name"] == "odds")["passed"]
+    assert gate["groups"]["silos"]["s0"]["suppressed"] == 1
+    assert record["promoted"] is False
+
+    version = versions(state_home)[0]
+    tags = version.tags
+    assert tags["fedsilo.gate"] == "failed"
+    assert tags["fedsilo.gate.parity"].startswith(f"FAIL: demographic parity difference on group {parity['value']:.3f} > 0.000")
+    assert tags["fedsilo.gate.odds"].startswith("pass: equalised odds difference on group")
+    assert f"federation parity {parity['value']:.3f}" in tags["fedsilo.gate.groups"]
+    assert "s0 parity" in tags["fedsilo.gate.groups"] and "1 withheld" in tags["fedsilo.gate.groups"]
+    assert aliases(state_home) == {"candidate": str(version.version)}
+
+
 def test_one_class_silo_trains_and_its_undefined_auc_is_named(federation, state_home):
     gate = {"metric": "roc_auc", "min_worst": 0.0, "max_gap": 1.0, "max_regression": 1.0}
     config_path = federation(3, overrides={"gate": gate})
@@ -350,3 +409,88 @@ def test_a_different_model_on_existing_state_is_a_clear_error(federation, state_
     config_path.write_text(text)
     with pytest.raises(StateError, match="parameters"):
         train(config_path, rounds=1)
+
+
+def test_a_silo_out_of_time_contributes_the_steps_it_did(federation, state_home):
+    """A time budget every silo overruns at once: each contributes its first step (the budget never
+    takes the first), the record names both counts, and the global model is one step of each."""
+    training = {"rounds": 1, "local_epochs": 3, "optimizer": "sgd", "lr": 0.1, "batch_size": 8, "time_budget_s": 1e-9}
+    config_path = federation(3, seed=8, overrides={"aggregation": TRUSTED, "training": training})
+    config = load_config(config_path)
+    record = train(config_path, rounds=1)["rounds"][-1]
+    for silo in config.silo_ids:
+        n = record["train"][silo]["n_samples"]
+        assert record["train"][silo]["steps"] == 1
+        assert record["train"][silo]["planned_steps"] == 3 * -(-n // 8)
+    from dataclasses import replace
+
+    silos = {}
+    for silo in config.silo_ids:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        silos[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
+    one_step = fedavg_rounds(silos, config.model, replace(config.training, local_steps=1, time_budget_s=None),
+                             config.seed, rounds=1)
+    assert np.array_equal(exchange(state_home).get_vector(ObjectRef.from_dict(record["global"])), one_step)
+
+
+def test_each_silo_reports_its_personalised_model_and_keeps_its_weights(federation, state_home):
+    """With `personalisation`, every silo fine-tunes the candidate on its training rows, reports the
+    personalised model's holdout metrics beside the candidate's and keeps its weights; the numbers
+    are those of `fl_core.personalise` run on the same data and seed."""
+    from fl_core.evaluation import evaluate
+    from fl_core.models import build_model
+    from fl_core.params import flatten, load_flat_inplace
+    from fl_core.personalise import personalise
+    from fl_core.seeding import derive_seed
+    from infra.personal import PersonalStore
+    from infra.state import StateDir
+
+    config_path = federation(3, seed=9, overrides={"aggregation": TRUSTED,
+                                                   "personalisation": {"steps": 6, "lr": 0.2}})
+    config = load_config(config_path)
+    record = train(config_path, rounds=1)["rounds"][-1]
+    candidate = exchange(state_home).get_vector(ObjectRef.from_dict(record["global"]))
+    state = StateDir(state_home)
+    for silo in config.silo_ids:
+        ex = exchange(state_home)
+        report = json.loads(ex.store.get(ex.evaluation_key(1, silo)))
+        assert set(report["metrics"]) == {"candidate", "personalised"}
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        model = build_model(config.model, data.x_train.shape[1], seed=0)
+        load_flat_inplace(model, candidate)
+        personalise(model, data.x_train, data.y_train, config.training, config.personalisation,
+                    derive_seed(config.seed, "personal", 1, silo))
+        assert report["metrics"]["personalised"]["log_loss"] == pytest.approx(
+            evaluate(model, data.x_holdout, data.y_holdout).log_loss, abs=1e-9)
+        kept = PersonalStore(state, silo, config.federation).weights(1)
+        assert np.array_equal(kept, flatten(model)) and not np.array_equal(kept, candidate)
+        assert report["metrics"]["personalised"] != report["metrics"]["candidate"]
+        assert record["personalised_metrics"][silo] == pytest.approx(report["metrics"]["personalised"])
+
+
+@pytest.mark.parametrize("mode", ["trusted", "secure"])
+def test_qffl_weights_each_silo_by_its_loss_as_the_in_memory_run_does(federation, state_home, mode):
+    """q-FFL through the pipeline: each silo's weight n·F^q travels in its train result (in secure mode
+    inside the sum, scaled by the largest announced weight) and the global model is the in-memory
+    run's with the same weights: bit for bit trusted, within quantisation error secure."""
+    from fl_core.simulation import Options, federated_rounds
+
+    aggregation = {**(TRUSTED if mode == "trusted" else {"min_silos": 2}), "qffl": 3.0}
+    training = {"rounds": 2, "local_epochs": 1, "optimizer": "sgd", "lr": 0.1, "batch_size": 32}
+    config_path = federation(3, seed=6, overrides={"aggregation": aggregation, "training": training})
+    config = load_config(config_path)
+    record = train(config_path, rounds=2)["rounds"][-1]
+    assert all(record["train"][s]["weight"] != record["train"][s]["n_samples"] for s in config.silo_ids)
+    silos = {}
+    for silo in config.silo_ids:
+        data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+        silos[silo] = SiloArrays(x_train=data.x_train, y_train=data.y_train)
+    reference = federated_rounds(silos, config.model, config.training, config.seed, rounds=2,
+                                 options=Options(qffl=3.0)).vector
+    plain = fedavg_rounds(silos, config.model, config.training, config.seed, rounds=2)
+    assert np.abs(reference - plain).max() > 1e-4  # the weights change the model
+    pipeline = exchange(state_home).get_vector(ObjectRef.from_dict(record["global"]))
+    if mode == "trusted":
+        assert np.array_equal(pipeline, reference)
+    else:
+        np.testing.assert_allclose(pipeline, reference, rtol=0, atol=2e-4)

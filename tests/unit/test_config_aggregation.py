@@ -83,3 +83,63 @@ def test_no_attack_unless_one_is_named(raw):
     assert parse_config(raw).attack is None
     named = parse_config({**raw, "attack": {"kind": "scaling", "silos": ["s2"], "boost": 5.0}})
     assert named.attack.silos == ("s2",) and named.config_hash() != parse_config(raw).config_hash()
+
+
+# -- silos_per_round: k of the roster's silos train each round -----------------------------------------
+@pytest.mark.parametrize(("aggregation", "message"), [
+    ({"silos_per_round": 0}, "aggregation.silos_per_round = 0: Input should be greater than or equal to 1"),
+    ({"silos_per_round": 8}, "aggregation.silos_per_round = 8 exceeds the 7 silos in the roster"),
+    ({"silos_per_round": 2, "min_silos": 3},
+     "aggregation.silos_per_round: 2 sampled silos can never reach aggregation.min_silos = 3"),
+    ({"mode": "secure", "silos_per_round": 1, "min_silos": 1},
+     "aggregation.silos_per_round: 1 silo per round is too few for a secure sum .*a sum of one silo is that "
+     "silo's update"),
+    ({"mode": "secure", "silos_per_round": 3, "secure": {"threshold": 4}},
+     "aggregation.silos_per_round: 3 sampled silos are too few for the secure sum's threshold: threshold 4 must be "
+     "in \\(1, 3\\]"),
+    ({"mode": "bucketed", "rule": "median", "min_bucket": 3, "silos_per_round": 2},
+     "aggregation.min_bucket: 3 exceeds the 2 silos sampled per round"),
+    ({"mode": "trusted", "rule": "bulyan", "robust": {"f": 1}, "silos_per_round": 6},
+     "bulyan with f = 1 needs more silos than the 6 sampled per round"),
+    ({"mode": "bucketed", "rule": "krum", "min_bucket": 2, "robust": {"f": 1}, "silos_per_round": 5},
+     "krum needs at least 3 updates .*got 2 \\(2 buckets\\)"),  # the buckets of 5 sampled silos, not of all 7
+])
+def test_a_sample_too_small_for_the_round_is_refused_saying_why(raw, aggregation, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(raw, **aggregation)
+
+
+def test_silos_per_round_is_accepted_where_the_round_can_run_and_reaches_the_policy(raw):
+    assert parse(raw).policy().silos_per_round is None
+    secure = parse(raw, silos_per_round=3).policy()
+    assert secure.silos_per_round == 3
+    sample = secure.sample(5, [f"s{i}" for i in range(7)])
+    assert sample.k == 3 and sample.n == 7
+    assert secure.instances(5, sample.sampled)[0].threshold == 2  # the threshold of the sum of 3
+    assert parse(raw, mode="trusted", silos_per_round=1, min_silos=1).policy().sample(1, ["s0", "s1"]).k == 1
+    assert parse(raw, silos_per_round=7).policy().sample(1, [f"s{i}" for i in range(7)]).rate == 1.0
+    bucketed = parse(raw, mode="bucketed", rule="median", min_bucket=2, silos_per_round=4)
+    drawn = bucketed.policy().sample(1, bucketed.silo_ids).sampled
+    assert len(drawn) == 4 and len(bucketed.buckets(1, drawn)) == 2  # buckets of the 4 drawn silos
+
+
+def test_silo_level_dp_calibrates_a_target_epsilon_at_the_sampling_rate(raw):
+    from fl_core.dp.accounting import GaussianEvent, epsilon, noise_for_epsilon
+
+    privacy = {"epsilon": 8.0, "target_epsilon": 4.0, "clip_norm": 1.0}
+    full = parse(raw, privacy=privacy).policy().privacy
+    sampled = parse(raw, privacy=privacy, silos_per_round=2).policy().privacy
+    rounds = parse(raw).training.rounds
+    assert full.noise_multiplier == noise_for_epsilon(4.0, 1e-5, 1.0, rounds)
+    assert sampled.noise_multiplier == noise_for_epsilon(4.0, 1e-5, 2 / 7, rounds)
+    assert sampled.noise_multiplier < full.noise_multiplier  # amplification: less noise for the same target
+    spent = epsilon([GaussianEvent(sampled.noise_multiplier, 2 / 7, 1)] * rounds, 1e-5)
+    assert spent <= 4.0 and spent == pytest.approx(4.0, rel=0.02)
+
+
+def test_distributed_noise_shares_are_sized_for_the_threshold_of_the_sampled_sum(raw):
+    privacy = {"epsilon": 8.0, "noise_multiplier": 1.0, "clip_norm": 1.0, "placement": "distributed"}
+    assert parse(raw, privacy=privacy).policy().privacy.shares.threshold == 4  # 7 silos
+    level = parse(raw, privacy=privacy, silos_per_round=3).policy().privacy
+    assert level.shares.threshold == 2  # 3 silos a round
+    assert level.event(3, sample_rate=3 / 7) == level.shares.event(3)  # Skellam: charged without amplification

@@ -1,4 +1,5 @@
-"""The round table of `fedsilo run`: accuracy per silo, the gate, and the ε row under it."""
+"""The round table of `fedsilo run`: accuracy per silo, the gate, and the ε row under it; the gate table
+with its group checks."""
 
 from __future__ import annotations
 
@@ -34,3 +35,47 @@ def test_the_epsilon_row_shows_each_silo_and_the_federation():
 def test_no_epsilon_row_without_privacy_and_no_federation_cell_without_silo_level_dp():
     assert len(shown(record())) == 1
     assert shown(record({"a": {"epsilon": 1.0}, "b": {"epsilon": 2.0}}))[1].split() == ["ε", "1.000", "2.000"]
+
+
+def test_the_gate_table_shows_each_silos_groups_the_withheld_ones_and_the_federations():
+    from fl_core.fairness import GroupCounts
+    from fl_core.gate import GateSpec, GroupSpec, decide
+    from flows.console import gate_table
+    from tasks.gate import gate_json
+
+    counts = {"Female": GroupCounts(n=29, predicted=6, positive=8, true_positive=6, false_positive=0),
+              "Male": GroupCounts(n=62, predicted=35, positive=34, true_positive=25, false_positive=10)}
+    spec = GateSpec(min_worst=0.5, max_gap=0.5, groups=GroupSpec(column="sex", max_dp_difference=0.4,
+                                                                 max_eo_difference=0.3))
+    decision = decide({"a": 0.8, "b": 0.7}, None, spec, groups={"a": counts, "b": {}}, suppressed={"b": 2})
+    rec = {**record(), "gate": gate_json(decision)}
+    table, lines = gate_table(rec)
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(table)
+    text = out.getvalue()
+    assert "groups · sex · ŷ = 1 at p >= 0.5" in text
+    rows = [line.strip("│ ").split() for line in text.splitlines() if "│" in line]
+    assert ["a", "Female", "29", "0.207", "0.750", "0.000", "0.358", "0.357"] == [c for c in rows[-5] if c != "│"]
+    assert ["b", "2", "withheld", "—", "—"] == [c for c in rows[-3] if c != "│"]
+    assert [c for c in rows[-2] if c != "│"][:3] == ["federation", "Female", "29"]
+    assert [line.split(":")[0] for line in lines][-2:] == ["[green]pass[/]  parity", "[red]FAIL[/]  odds"]
+
+
+def test_the_gate_table_adds_each_silos_personalised_value_when_the_silos_report_one():
+    from fl_core.gate import GateSpec, decide
+    from flows.console import gate_table
+    from tasks.gate import gate_json
+
+    decision = decide({"a": 0.8, "b": 0.7}, None, GateSpec(min_worst=0.5, max_gap=0.5))
+    out = io.StringIO()
+    plain, _ = gate_table({**record(), "gate": gate_json(decision)})
+    Console(file=out, width=120, color_system=None).print(plain)
+    assert "personalised" not in out.getvalue()
+    rec = {**record(), "gate": gate_json(decision), "personalised_metrics": {"a": {"accuracy": 0.85}}}
+    table, _ = gate_table(rec)
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(table)
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in out.getvalue().splitlines() if line.count("│") > 2}
+    assert "personalised accuracy" in out.getvalue()
+    assert rows["a"][-1] == "0.850" and rows["b"][-1] == "—"

@@ -1,4 +1,4 @@
-"""The fairness gate: floor, gap and regression checks, with their numbers."""
+"""The fairness gate: floor, gap, regression and overall checks, and the group checks, with their numbers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fl_core.bootstrap import Interval
-from fl_core.gate import GateSpec, decide
+from fl_core.fairness import GroupCounts
+from fl_core.gate import GateSpec, GroupSpec, decide
 
 PROPERTY = settings(max_examples=60, deadline=None)
 NAN = math.nan
@@ -302,3 +303,124 @@ def test_the_overall_gain_is_weighted_by_holdout_rows_and_carries_a_combined_int
 def test_bad_interval_settings_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         GateSpec(**{field: value})
+
+
+# --- group checks: demographic parity and equalised odds on a sensitive column ----------------------
+
+
+def _counts(n, predicted, positive, tp):
+    return GroupCounts(n=n, predicted=predicted, positive=positive, true_positive=tp, false_positive=predicted - tp)
+
+
+GROUPS = GroupSpec(column="sex", max_dp_difference=0.2, max_eo_difference=0.3, min_group_size=10)
+GROUPED = GateSpec(min_worst=0.5, max_gap=0.5, groups=GROUPS)
+# a: Male 40 rows, 20 predicted positive (rate 0.5), 20 positives of which 16 found (TPR 0.8, FPR 4/20 = 0.2);
+#    Female 20 rows, 8 predicted (0.4), 8 positives, 6 found (TPR 0.75, FPR 2/12)
+SILO_A = {"Male": _counts(40, 20, 20, 16), "Female": _counts(20, 8, 8, 6)}
+# b: Male 30 rows, 18 predicted (0.6), TPR 14/20 = 0.7, FPR 4/10 = 0.4; Female 10 rows, 2 predicted (0.2),
+#    TPR 1/3, FPR 1/7
+SILO_B = {"Male": _counts(30, 18, 20, 14), "Female": _counts(10, 2, 3, 1)}
+
+
+def test_group_spec_is_validated_naming_the_field():
+    with pytest.raises(ValueError, match="max_dp_difference must be a number in"):
+        GroupSpec(column="sex", max_dp_difference=1.5, max_eo_difference=0.3)
+    with pytest.raises(ValueError, match="max_eo_difference must be a number in"):
+        GroupSpec(column="sex", max_dp_difference=0.2, max_eo_difference=math.nan)
+    with pytest.raises(ValueError, match="min_group_size must be >= 3"):
+        GroupSpec(column="sex", max_dp_difference=0.2, max_eo_difference=0.3, min_group_size=2)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        GroupSpec(column="sex", max_dp_difference=0.2, max_eo_difference=0.3, threshold=0.0)
+
+
+def test_without_groups_configured_group_counts_are_ignored():
+    d = decide({"a": 0.8, "b": 0.7}, None, GateSpec(min_worst=0.5, max_gap=0.5), groups={"a": SILO_A})
+    assert [c.name for c in d.checks] == ["floor", "gap"] and d.groups is None
+
+
+def test_the_group_checks_use_the_federations_summed_counts_and_name_each_silo():
+    d = decide({"a": 0.8, "b": 0.7}, None, GROUPED, groups={"a": SILO_A, "b": SILO_B}, suppressed={"a": 0, "b": 0})
+    parity, odds = _check(d, "parity"), _check(d, "odds")
+    # pooled: Male 70 rows, 38 predicted (0.543); Female 30 rows, 10 predicted (0.333)
+    assert parity.value == pytest.approx(38 / 70 - 10 / 30) and parity.threshold == 0.2
+    assert not parity.passed and not d.passed
+    # pooled TPR Male 30/40, Female 7/11; FPR Male 8/30, Female 3/19
+    assert odds.value == pytest.approx(max(30 / 40 - 7 / 11, 8 / 30 - 3 / 19)) and odds.passed
+    assert parity.detail.startswith("demographic parity difference on sex 0.210 > 0.200 "
+                                    "(positive rate Female 0.333, Male 0.543) · per silo: a 0.100, b 0.400")
+    assert odds.detail.startswith("equalised odds difference on sex 0.114 <= 0.300 (TPR gap 0.114, FPR gap 0.109)")
+    assert d.summary() == parity.detail
+    # the pooled value is not the mean of the silos' (0.1 and 0.4)
+    assert d.groups.silos["a"].parity == pytest.approx(0.1) and d.groups.silos["b"].parity == pytest.approx(0.4)
+    assert d.groups.counts["Male"] == SILO_A["Male"] + SILO_B["Male"]
+    loose = GateSpec(min_worst=0.5, max_gap=0.5, groups=GroupSpec(column="sex", max_dp_difference=0.25,
+                                                                  max_eo_difference=0.3))
+    assert decide({"a": 0.8, "b": 0.7}, None, loose, groups={"a": SILO_A, "b": SILO_B}).passed
+
+
+def test_a_silo_that_withheld_its_groups_is_named_and_left_out_of_the_sum():
+    d = decide({"a": 0.8, "c": 0.9}, None, GROUPED, groups={"a": SILO_A, "c": {}}, suppressed={"c": 2})
+    parity = _check(d, "parity")
+    assert parity.value == pytest.approx(0.1) and parity.passed
+    assert "per silo: a 0.100, c — (2 groups withheld)" in parity.detail
+    assert d.groups.suppressed == {"c": 2}
+    assert math.isnan(d.groups.silos["c"].parity)
+    out = d.groups.to_dict()
+    assert out["silos"]["c"] == {"counts": {}, "suppressed": 2, **d.groups.silos["c"].to_dict()}
+    assert out["federation"]["counts"]["Female"] == SILO_A["Female"].to_dict()
+
+
+def test_an_undefined_rate_is_named_and_left_out_of_its_gap():
+    no_female_positives = {"Male": _counts(40, 20, 20, 16), "Female": _counts(20, 8, 0, 0)}
+    d = decide({"a": 0.8}, None, GROUPED, groups={"a": no_female_positives})
+    odds = _check(d, "odds")
+    assert odds.value == pytest.approx(0.2) and odds.passed  # the FPR gap (Male 4/20, Female 8/20); no Female TPR
+    assert "left out: Female TPR (no positives)" in odds.detail
+    assert "TPR gap —" in odds.detail
+
+
+@pytest.mark.parametrize("groups, suppressed", [({}, {}), ({"a": {}}, {"a": 2}), ({"a": {"Male": _counts(40, 20, 20, 16)}},
+                                                                                 {"a": 1})],
+                         ids=["no-report", "all-withheld", "one-group"])
+def test_a_difference_the_counts_cannot_measure_fails_its_check(groups, suppressed):
+    d = decide({"a": 0.8}, None, GROUPED, groups=groups, suppressed=suppressed)
+    parity, odds = _check(d, "parity"), _check(d, "odds")
+    assert not parity.passed and not odds.passed and not d.passed
+    assert math.isnan(parity.value) and math.isnan(odds.value)
+    assert parity.detail.startswith("demographic parity difference on sex undefined: the reported counts hold fewer "
+                                    "than two groups with a defined rate")
+
+
+def test_group_checks_are_reported_even_when_no_silo_has_a_defined_metric():
+    d = decide({"a": NAN}, None, GateSpec(metric="roc_auc", groups=GROUPS), groups={"a": SILO_A})
+    assert [c.name for c in d.checks] == ["coverage", "parity", "odds"] and not d.passed
+    assert d.groups is not None
+
+
+@PROPERTY
+@given(
+    silos=st.dictionaries(
+        st.sampled_from(["a", "b", "c"]),
+        st.dictionaries(st.sampled_from(["Male", "Female", "other"]),
+                        st.tuples(st.integers(10, 60), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)).map(
+                            lambda t: _counts(t[0], *_split(*t)))),
+        max_size=3),
+    dp=st.floats(0.0, 1.0), eo=st.floats(0.0, 1.0),
+)
+def test_group_checks_block_exactly_when_a_pooled_difference_exceeds_or_is_undefined(silos, dp, eo):
+    from fl_core.fairness import demographic_parity_difference, equalised_odds_difference, sum_counts
+
+    spec = GateSpec(min_worst=0.0, max_gap=1.0, groups=GroupSpec(column="g", max_dp_difference=dp, max_eo_difference=eo))
+    d = decide({s: 0.9 for s in silos} or {"a": 0.9}, None, spec, groups=silos)
+    pooled = sum_counts(silos.values())
+    want_dp, want_eo = demographic_parity_difference(pooled), equalised_odds_difference(pooled)
+    assert _check(d, "parity").passed == (not math.isnan(want_dp) and want_dp <= dp)
+    assert _check(d, "odds").passed == (not math.isnan(want_eo) and want_eo <= eo)
+    assert d.passed == (_check(d, "parity").passed and _check(d, "odds").passed)
+
+
+def _split(n, predicted, positive, found):
+    """(predicted, positive, true positives) of a group of `n` rows from three fractions."""
+    pred, pos = round(predicted * n), round(positive * n)
+    low, high = max(0, pred - (n - pos)), min(pred, pos)
+    return pred, pos, low + round(found * (high - low))

@@ -11,13 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fl_core.bootstrap import Interval
 from fl_core.errors import MalformedMessage
+from fl_core.fairness import GroupCounts
 from fl_core.messages import (
     AnomalyReport,
     BucketSum,
     EvaluateResult,
     EvaluationReport,
     FederationPrivacy,
+    GateIntervals,
+    GroupReport,
     Manifest,
     ObjectRef,
     Order,
@@ -95,6 +99,43 @@ def test_a_message_of_another_format_version_is_refused():
         EvaluationReport.from_dict({**report.to_dict(), "v": 0})
     with pytest.raises(MalformedMessage, match="candidate"):
         EvaluationReport.from_dict({**report.to_dict(), "metrics": {"champion": {"accuracy": 0.8}}})
+
+
+GROUPS = GroupReport(column="sex", threshold=0.5, min_group_size=10, suppressed=1, counts={
+    "Female": GroupCounts(n=29, predicted=6, positive=8, true_positive=6, false_positive=0),
+    "Male": GroupCounts(n=62, predicted=35, positive=34, true_positive=25, false_positive=10)})
+
+
+@pytest.mark.parametrize("groups", [None, GROUPS, GroupReport(column="sex", threshold=0.6, min_group_size=10,
+                                                               counts={}, suppressed=2)], ids=["none", "two", "withheld"])
+def test_an_evaluation_report_round_trips_with_its_group_counts(groups):
+    interval = Interval(estimate=0.8, low=0.7, high=0.9, sd=0.05, replicates=1000)
+    report = EvaluationReport(federation="f", round=3, silo="s0", metrics={"candidate": {"accuracy": 0.8, "n": 91.0}},
+                              intervals=GateIntervals(metric="accuracy", confidence=0.95, candidate=interval),
+                              groups=groups)
+    assert via_json(report) == report
+    assert ("groups" in report.to_dict()) == (groups is not None)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"counts": {"Female": {"n": 29, "predicted": 6, "positive": 8, "true_positive": 6}}}, "false_positive"),
+    ({"counts": {"Female": {"n": "29", "predicted": 6, "positive": 8, "true_positive": 6, "false_positive": 0}}}, "'n'"),
+    ({"counts": {"Female": {"n": 29, "predicted": 6, "positive": 8, "true_positive": 5, "false_positive": 0}}},
+     "counts.Female"),
+    ({"counts": {"Female": {"n": 4, "predicted": 1, "positive": 1, "true_positive": 1, "false_positive": 0}}},
+     "under min_group_size 10"),
+    ({"counts": [1, 2]}, "counts"),
+    ({"suppressed": -1}, "suppressed"),
+    ({"min_group_size": 10.5}, "min_group_size"),
+    ({"column": None}, "column"),
+])
+def test_a_malformed_group_report_is_refused_naming_what_is_wrong(change, field):
+    raw = {**GROUPS.to_dict(), **change}
+    with pytest.raises(MalformedMessage, match=field):
+        GroupReport.from_dict(raw)
+    report = EvaluationReport(federation="f", round=3, silo="s0", metrics={"candidate": {"accuracy": 0.8}}).to_dict()
+    with pytest.raises(MalformedMessage, match="group report"):
+        EvaluationReport.from_dict({**report, "groups": raw})
 
 
 def test_an_order_carries_its_attempt_and_references_in_its_signed_body():

@@ -127,9 +127,9 @@ def test_silos_train_in_sorted_id_order_with_their_own_seeds(silos, monkeypatch)
     calls = []
     real = simulation.train_local
 
-    def recording(model, x, y, spec, seed, correction=None):
+    def recording(model, x, y, spec, seed, correction=None, budget=None):
         calls.append(seed)
-        return real(model, x, y, spec, seed, correction=correction)
+        return real(model, x, y, spec, seed, correction=correction, budget=budget)
 
     monkeypatch.setattr(simulation, "train_local", recording)
     reordered = {name: silos[name] for name in ["west", "north", "east"]}
