@@ -26,10 +26,12 @@ test: install
 
 bench: install
 	$(PY) benchmarks/heart.py
+	$(PY) benchmarks/heterogeneity.py
 	$(PY) benchmarks/round_overhead.py
 
 bench-quick: install
 	$(PY) benchmarks/heart.py --quick
+	$(PY) benchmarks/heterogeneity.py --quick
 	$(PY) benchmarks/round_overhead.py --quick
 
 clean-state:

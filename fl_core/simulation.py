@@ -5,7 +5,8 @@ training in round r: ``("train", r, silo)``) and uses the same training, flatten
 and server code, so for the same config and data it produces the same global model as the
 trusted pipeline, bit for bit: `fedavg_rounds` for FedAvg, `federated_rounds` for every local
 objective (FedAvg, FedProx, SCAFFOLD: `fl_core.objectives`) and server optimiser
-(`fl_core.server_opt`), with every silo in every round. Benchmarks use it to compare federated
+(`fl_core.server_opt`), every silo in every round unless `Options` samples them (and adds the
+secure sum's arithmetic, DP-SGD, stragglers and q-FFL weights). Benchmarks use it to compare federated
 training with pooled and local training; tests use it as the reference the Prefect pipeline must
 reproduce.
 """

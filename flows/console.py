@@ -122,8 +122,11 @@ class ConsoleReporter(Reporter):
 
     # -- events -------------------------------------------------------------------------------------
     def job_started(
-        self, federation: str, first_round: int, last_round: int, silos: list[str], phases_per_round: int = 2
+        self, federation: str, first_round: int, last_round: int, silos: list[str], phases_per_round: int = 2,
+        trainers_per_round: int | None = None,
     ) -> None:
+        """`trainers_per_round`: with silo sampling, how many silos take the phases before evaluation
+        (every silo evaluates); None: all of them."""
         self.silos = list(silos)
         self.first_round, self.last_round = first_round, last_round
         self.widths = [max(len(s), 6) for s in silos]
@@ -139,7 +142,8 @@ class ConsoleReporter(Reporter):
                 console=self.console, transient=True,
             )
             self.progress.start()
-            total = (last_round - first_round + 1) * phases_per_round * len(silos)
+            trainers = len(silos) if trainers_per_round is None else min(trainers_per_round, len(silos))
+            total = (last_round - first_round + 1) * ((phases_per_round - 1) * trainers + len(silos))
             self.task_id = self.progress.add_task("starting", total=total)
 
     def phase_started(self, round_number: int, phase: str, silos: list[str]) -> None:

@@ -25,7 +25,8 @@ def training_flow(config_path: str, rounds: int | None = None) -> dict:
     state = ensure_state_dir(resolve_state_dir())
     job = start_job(quote(config), state, rounds)
     reporter().job_started(
-        config.federation, job.first_round, job.last_round, config.silo_ids, phases_per_round(config.aggregation.mode)
+        config.federation, job.first_round, job.last_round, config.silo_ids, phases_per_round(config.aggregation.mode),
+        config.aggregation.silos_per_round,
     )
     records = []
     try:

@@ -16,7 +16,8 @@ class Reporter:
     """Base reporter: every event is a no-op. The CLI subclasses it."""
 
     def job_started(
-        self, federation: str, first_round: int, last_round: int, silos: list[str], phases_per_round: int = 2
+        self, federation: str, first_round: int, last_round: int, silos: list[str], phases_per_round: int = 2,
+        trainers_per_round: int | None = None,
     ) -> None: ...
 
     def phase_started(self, round_number: int, phase: str, silos: list[str]) -> None: ...

@@ -148,3 +148,39 @@ def test_a_silo_that_trained_and_then_dropped_out_of_the_sum_still_reports_its_s
     assert job.data.metrics["dp.silo.s1.epsilon"] == pytest.approx(ledger(state_home, "s1").spent())
     version = client(state_home).get_model_version("synth", record["version"])
     assert "fedsilo.dp.s1" not in version.tags  # the model's lineage names only what went into it
+
+
+def test_personalisation_under_record_level_dp_is_dp_sgd_charged_once_per_candidate(federation, state_home):
+    """In the default secure mode with record-level DP, a silo's fine-tuning of the candidate is
+    DP-SGD: its ledger carries the round's training charge and then the fine-tuning's (its own
+    steps at the silo's noise), and the personalised metrics reach the round record; a silo without
+    DP fine-tunes without a ledger."""
+    import dataclasses
+
+    from fl_core.personalise import PersonalSpec
+
+    path = with_privacy(federation(3), {"s0": POLICY, "s1": POLICY}, mode="secure")
+    raw = yaml.safe_load(path.read_text())
+    raw["personalisation"] = {"steps": 5}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    record = train(path, rounds=1)["rounds"][-1]
+    assert set(record["personalised_metrics"]) == {"s0", "s1", "s2"}
+    config = load_config(path)
+    for silo in ("s0", "s1"):
+        charges = ledger(state_home, silo).charges
+        assert [c.round_number for c in charges] == [1, 1]
+        assert charges[0].event == round_cost(path, silo, 1.0)
+        tuning = dataclasses.replace(config.training, local_steps=5)
+        assert charges[1].event == round_cost_of(path, silo, tuning, 1.0)
+        assert PersonalSpec(steps=5).train_spec(config.training).local_steps == 5
+    assert not (state_home / "silos" / "s2" / "privacy").exists()
+
+
+def round_cost_of(config_path, silo: str, spec, z: float):
+    import pyarrow.parquet as pq
+
+    from infra.silo_data import encode_table
+
+    config = load_config(config_path)
+    data = encode_table(pq.read_table(config.silo_data_path(silo)), config.contract)
+    return round_event(len(data.y_train), spec, z)

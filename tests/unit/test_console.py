@@ -79,3 +79,17 @@ def test_the_gate_table_adds_each_silos_personalised_value_when_the_silos_report
             for line in out.getvalue().splitlines() if line.count("│") > 2}
     assert "personalised accuracy" in out.getvalue()
     assert rows["a"][-1] == "0.850" and rows["b"][-1] == "—"
+
+
+def test_the_progress_bar_counts_every_silos_evaluation_and_only_the_sampled_silos_other_phases():
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None, force_terminal=True)
+    reporter = ConsoleReporter(console)
+    reporter.job_started("fed", 1, 2, ["a", "b", "c", "d"], phases_per_round=5, trainers_per_round=2)
+    total = reporter.progress.tasks[0].total
+    reporter.progress.stop()
+    assert total == 2 * (4 * 2 + 4)
+    everyone = ConsoleReporter(Console(file=io.StringIO(), force_terminal=True))
+    everyone.job_started("fed", 1, 2, ["a", "b", "c", "d"], phases_per_round=5)
+    assert everyone.progress.tasks[0].total == 2 * 5 * 4
+    everyone.progress.stop()
