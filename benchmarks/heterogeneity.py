@@ -64,7 +64,7 @@ the benchmark seed through `fl_core.seeding.derive_seed`.
 
 Run from the repository root:
 
-    python benchmarks/heterogeneity.py            # full: seeds 0..2, 200 and 60 rounds (~7 CPU-minutes)
+    python benchmarks/heterogeneity.py            # full: seeds 0..2, 200 and 60 rounds (~15 CPU-minutes)
     python benchmarks/heterogeneity.py --quick    # smoke run: 1 seed, 40 and 15 rounds (same code path)
 
 The output: one table per experiment (mean ± sd over seeds), a one-line reading each, and as the
