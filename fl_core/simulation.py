@@ -14,18 +14,21 @@ reproduce.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from fl_core.aggregation import FedAvg, weighted_mean
+from fl_core.dp.dpsgd import train_local_dp
 from fl_core.models import ModelSpec, build_model
 from fl_core.objectives import correction, scaffold_server_control, scaffold_silo_control
 from fl_core.params import flatten, load_flat_inplace
-from fl_core.round_policy import RoundPolicy
-from fl_core.seeding import derive_seed, numpy_rng
-from fl_core.server_opt import ServerOptimizer, ServerState
-from fl_core.specs import DPSGDSpec
+from fl_core.qffl import mean_loss, qffl_weight
+from fl_core.round_policy import Contribution, RoundPolicy
+from fl_core.sampling import sample_silos
+from fl_core.seeding import derive_seed, numpy_rng, torch_rng
+from fl_core.server_opt import ServerOptimizer, ServerOptimizerSpec, ServerState
+from fl_core.specs import DPSGDSpec, steps_per_round
 from fl_core.training import TrainSpec, WorkBudget, planned_steps, train_local
 
 
@@ -53,10 +56,6 @@ def fedavg_rounds(
     """Run `rounds` FedAvg rounds over every silo (in sorted id order) and return the global vector
     (plain FedAvg whatever `train_spec.objective` says: the reference the other objectives are
     compared with)."""
-    from dataclasses import replace
-
-    from fl_core.server_opt import ServerOptimizerSpec
-
     train_spec = replace(train_spec, objective="fedavg", prox_mu=0.0)
     server = server or FedAvg()
     n_inputs = next(iter(silos.values())).x_train.shape[1]
@@ -144,8 +143,6 @@ def federated_rounds(
     sample-weighted mean of their updates, and the `server` step (FedAvg with server_lr 1 by
     default); `options` add the secure sum's arithmetic, DP-SGD, stragglers, silo sampling and
     q-FFL weights."""
-    from fl_core.server_opt import ServerOptimizerSpec
-
     options = options or Options()
     server = server or ServerOptimizer(spec=ServerOptimizerSpec(), lr=1.0)
     n_inputs = next(iter(silos.values())).x_train.shape[1]
@@ -158,8 +155,6 @@ def federated_rounds(
     for r in range(first_round, first_round + rounds):
         chosen = sorted(silos)
         if options.sample is not None:
-            from fl_core.sampling import sample_silos
-
             chosen = list(sample_silos(chosen, options.sample, root_seed, r))
         caps = {} if options.stragglers is None else options.stragglers.budgets(chosen, planned, root_seed, r)
         if options.stragglers is not None and options.stragglers.drop:
@@ -171,8 +166,6 @@ def federated_rounds(
             load_flat_inplace(model, vector)
             weight = float(len(data.y_train))
             if options.qffl is not None:
-                from fl_core.qffl import mean_loss, qffl_weight
-
                 weight = qffl_weight(len(data.y_train), mean_loss(model, data.x_train, data.y_train), options.qffl)
             own = controls.get(silo, np.zeros(len(vector), dtype=np.float32))
             corr = (correction(model, train_spec, server_control=server_control, silo_control=own) if scaffold
@@ -180,9 +173,6 @@ def federated_rounds(
             budget = WorkBudget(max_steps=caps[silo]) if silo in caps else None
             seed = derive_seed(root_seed, "train", r, silo)
             if options.dp is not None and options.dp.get(silo) is not None:
-                from fl_core.dp.dpsgd import train_local_dp
-                from fl_core.seeding import torch_rng
-
                 result = train_local_dp(model, data.x_train, data.y_train, train_spec, options.dp[silo], seed,
                                         noise=torch_rng(derive_seed(root_seed, "noise", r, silo)), correction=corr,
                                         budget=budget)
@@ -219,8 +209,6 @@ def federated_rounds(
 
 def _planned(n: int, spec: TrainSpec, options: Options) -> int:
     if options.dp is not None:
-        from fl_core.specs import steps_per_round
-
         return steps_per_round(n, spec)
     return planned_steps(n, spec)
 
@@ -228,8 +216,6 @@ def _planned(n: int, spec: TrainSpec, options: Options) -> int:
 def _policy_round(policy: RoundPolicy, vector: np.ndarray, state: ServerState, r: int, silos_in: list[str],
                   updates: list[np.ndarray], weights: list[float], root_seed: int) -> tuple[np.ndarray, ServerState]:
     """The policy's merge and server step; in secure mode through the secure sum's arithmetic."""
-    from fl_core.round_policy import Contribution
-
     rng = numpy_rng(derive_seed(root_seed, "merge", r))
     if policy.is_secure and policy.mode == "secure":
         scale = policy.weight_scale_for(weights)

@@ -21,7 +21,7 @@ from fl_core.attacks import Adversary
 from fl_core.bootstrap import paired_intervals
 from fl_core.dp.distributed import noise_rng
 from fl_core.dp.dpsgd import noise_generator, round_event, train_local_dp
-from fl_core.errors import BudgetExceeded, DataError, IntegrityError
+from fl_core.errors import BudgetExceeded, DataError, IntegrityError, TrainingError
 from fl_core.evaluation import evaluate, predict_proba, scores
 from fl_core.messages import EvaluateResult, EvaluationReport, GateIntervals, ObjectRef, PrivacyRelease, TrainResult
 from fl_core.models import build_model
@@ -137,7 +137,10 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
     if config.aggregation.qffl is not None:  # q-FFL: the silo's loss at the global model, before it trains
         from fl_core.qffl import mean_loss, qffl_weight
 
-        weight = qffl_weight(len(y), mean_loss(model, x, y), config.aggregation.qffl)
+        try:
+            weight = qffl_weight(len(y), mean_loss(model, x, y), config.aggregation.qffl)
+        except ValueError as exc:  # a non-finite loss at the global model: this silo cannot weigh its update
+            raise TrainingError(f"q-FFL weight: {exc}") from None
     budget = WorkBudget.seconds(spec.time_budget_s)  # from the start of training: a straggler's partial work
     if policy is None:
         result = train_local(model, x, y, spec, seed=seed, correction=corr, budget=budget)
@@ -161,21 +164,32 @@ def _train(config: FederationConfig, silo_id: str, round_number: int, global_ref
     return delta, report
 
 
-def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, x, y, seed: int,
-                   state: StateDir, corr=None, budget=None):
-    """DP-SGD under the silo's ledger: refuse (BudgetExceeded) before training if the round would
-    pass the budget; charge the ledger only once training has succeeded, for the steps it took
-    (fewer than planned when the time budget ran out)."""
+def _under_ledger(config: FederationConfig, silo_id: str, round_number: int, policy, state: StateDir, n: int,
+                  spec, run):
+    """DP-SGD work of `spec` on `n` rows under the silo's ledger: refuse (BudgetExceeded) before
+    `run(dpsgd)` if the planned event would pass the budget; once it has succeeded, charge what it
+    cost (fewer steps than planned when a time budget cut it short) and save the ledger. Returns
+    (the run's result, its DP-SGD spec, the charged ledger)."""
     store = LedgerStore(state, silo_id, config.federation)
     ledger = store.open(policy.budget)
-    n = len(y)
-    dpsgd = policy.dpsgd(n, config.training)
-    charged = ledger.charge(round_number, round_event(n, config.training, dpsgd.noise_multiplier))  # raises if over
-    result = train_local_dp(model, x, y, config.training, dpsgd, seed, noise=noise_generator(), correction=corr,
-                            budget=budget)
-    if result.partial:  # fewer steps cost less than the planned round, which the ledger could already afford
+    dpsgd = policy.dpsgd(n, spec)
+    planned = round_event(n, spec, dpsgd.noise_multiplier)
+    charged = ledger.charge(round_number, planned)  # raises if over
+    result = run(dpsgd)
+    if result.event != planned:  # fewer steps cost less than the planned round, which the ledger could afford
         charged = ledger.charge(round_number, result.event)
     store.save(charged)
+    return result, dpsgd, charged
+
+
+def _train_private(config: FederationConfig, silo_id: str, round_number: int, policy, model, x, y, seed: int,
+                   state: StateDir, corr=None, budget=None):
+    """DP-SGD under the silo's ledger (`_under_ledger`): refused before training if the round would
+    pass the budget, charged only once training has succeeded, for the steps it took."""
+    result, dpsgd, charged = _under_ledger(
+        config, silo_id, round_number, policy, state, len(y), config.training,
+        lambda dp: train_local_dp(model, x, y, config.training, dp, seed, noise=noise_generator(), correction=corr,
+                                  budget=budget))
     privacy = PrivacyRelease(
         epsilon=charged.charges[-1].epsilon_after,  # computed by the charge, not again
         budget=policy.epsilon, delta=policy.delta, accountant=policy.accountant,
@@ -240,13 +254,9 @@ def _personalised(config: FederationConfig, silo_id: str, round_number: int, can
     if privacy is None:
         personalise(model, data.x_train, data.y_train, spec, personal, seed)
     else:
-        ledgers = LedgerStore(state, silo_id, config.federation)
-        ledger = ledgers.open(privacy.budget)
-        tuning = personal.train_spec(spec)
-        dpsgd = privacy.dpsgd(len(data.y_train), tuning)
-        ledger.charge(round_number, round_event(len(data.y_train), tuning, dpsgd.noise_multiplier))  # raises if over
-        result = personalise(model, data.x_train, data.y_train, spec, personal, seed, dp=dpsgd, noise=noise_generator())
-        ledgers.save(ledger.charge(round_number, result.event))
+        _under_ledger(config, silo_id, round_number, privacy, state, len(data.y_train), personal.train_spec(spec),
+                      lambda dp: personalise(model, data.x_train, data.y_train, spec, personal, seed, dp=dp,
+                                             noise=noise_generator()))
     metrics = {k: float(v) for k, v in evaluate(model, data.x_holdout, data.y_holdout).to_dict().items()}
     store.save(round_number, flatten(model), candidate_ref.sha256, metrics)
     return metrics
